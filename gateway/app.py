@@ -1,0 +1,179 @@
+"""Wire configuration, stores and handlers into one aiohttp application (DESIGN §1)."""
+
+from __future__ import annotations
+
+import functools
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from yarl import URL
+
+from gateway import auth_api
+from gateway.authentication import authenticate, authenticate_optional
+from gateway.clock import Clock
+from gateway.config import Config, Route, Secret
+from gateway.errors import MethodNotAllowedError, NotFoundError
+from gateway.headers import build_upstream_headers
+from gateway.keys import request_id_key, services_key
+from gateway.middleware import (
+    add_request_id_header,
+    error_middleware,
+    metrics_middleware,
+    request_id_middleware,
+)
+from gateway.observability import METRICS_CONTENT_TYPE, Metrics
+from gateway.proxy import create_client_session, forward
+from gateway.ratelimit import FailureLimiter
+from gateway.revocation import RevocationStore
+from gateway.routing import RouteTable, normalise_path, upstream_target
+from gateway.services import Services
+from gateway.tokens import TokenIssuer, TokenVerifier, load_signing_keys
+from gateway.users import CredentialStore, PasswordChecker, build_credentials
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the revocation store is usable; 503 with the reason otherwise."""
+    status = request.app[services_key].revocations.status()
+    body = {"status": "ready" if status.ready else "not_ready", "revocations": status.detail}
+    return web.json_response(body, status=200 if status.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    services = request.app[services_key]
+    services.metrics.revocation_entries.set(len(getattr(services.revocations, "cache", ())))
+    return web.Response(body=services.metrics.render(),
+                        headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """Public verification keys (RFC 7517); empty for shared-secret algorithms."""
+    return web.json_response(request.app[services_key].keys.jwks())
+
+
+async def verify(request: web.Request) -> web.Response:
+    """Forward-auth for other proxies: 204 with the identity header for a valid token."""
+    services = request.app[services_key]
+    claims = authenticate(services, request.headers)
+    return web.Response(status=204, headers={services.config.identity_header: claims.subject})
+
+
+LOCAL_ENDPOINTS: dict[str, tuple[frozenset[str], Handler]] = {
+    "/user/login": (frozenset({"POST"}), auth_api.login),
+    "/user/logout": (frozenset({"POST"}), auth_api.logout),
+    "/user/logout_all": (frozenset({"POST"}), auth_api.logout_all),
+    "/healthz": (frozenset({"GET", "HEAD"}), healthz),
+    "/readyz": (frozenset({"GET", "HEAD"}), readyz),
+    "/metrics": (frozenset({"GET", "HEAD"}), metrics),
+    "/.well-known/jwks.json": (frozenset({"GET", "HEAD"}), jwks),
+    "/auth/verify": (frozenset({"GET", "HEAD", "POST"}), verify),
+}
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """The one route: normalise the path, then serve it locally or proxy it."""
+    path, query = normalise_path(request.raw_path)
+    local = LOCAL_ENDPOINTS.get(path)
+    if local is not None:
+        methods, handler = local
+        if request.method not in methods:
+            raise MethodNotAllowedError(", ".join(sorted(methods)))
+        return await handler(request)
+    return await proxy_request(request, path, query)
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(route: Route) -> str:
+    return str(URL(route.upstream).origin())
+
+
+async def proxy_request(request: web.Request, path: str, query: str) -> web.StreamResponse:
+    """DESIGN §1: route match -> authenticate -> build headers -> stream upstream."""
+    services = request.app[services_key]
+    route = services.routes.match(path)
+    if route is None:
+        raise NotFoundError()
+    if route.auth == "required":
+        claims = authenticate(services, request.headers)
+    elif route.auth == "optional":
+        claims = authenticate_optional(services, request.headers)
+    else:
+        claims = None
+    headers = build_upstream_headers(
+        request.headers,
+        identity=claims.subject if claims is not None else None,
+        identity_header=services.config.identity_header,
+        forward_authorization=route.forward_authorization,
+        peer=request.remote, scheme=request.scheme, host=request.headers.get("Host"),
+        request_id=request[request_id_key])
+    url = URL(_origin(route) + upstream_target(route, path, query), encoded=True)
+    assert services.session is not None  # noqa: S101 - created by the cleanup context
+    return await forward(request, services.session, url, headers,
+                         services.config.limits.max_body, services.metrics)
+
+
+def build_revocation_store(config: Config, clock: Clock) -> RevocationStore:
+    """The store named by `revocation.store`."""
+    rev = config.revocation
+    if rev.store == "memory":
+        from gateway.revocation.memory import MemoryRevocationStore
+        return MemoryRevocationStore(clock=clock, max_entries=rev.max_entries)
+    if rev.store == "redis":
+        from gateway.revocation.redis import RedisRevocationStore
+        assert rev.url is not None  # noqa: S101 - config validated it
+        return RedisRevocationStore(
+            rev.url, clock=clock, max_staleness=rev.max_staleness,
+            longest_token_lifetime=config.tokens.ttl + config.tokens.leeway)
+    from gateway.revocation.sqlite import SqliteRevocationStore
+    return SqliteRevocationStore(rev.path, clock=clock, sync_interval=rev.sync_interval)
+
+
+def create_app(config: Config, *, clock: Clock = time.time, secret: Secret | None = None,
+               revocations: RevocationStore | None = None,
+               credentials: CredentialStore | None = None) -> web.Application:
+    """Build the gateway app; parts not passed in are built from `config`."""
+    keys = load_signing_keys(config.tokens, secret or config.tokens.secret)
+    store = revocations if revocations is not None else build_revocation_store(config, clock)
+    services = Services(
+        config=config, clock=clock, keys=keys,
+        issuer=TokenIssuer(config.tokens, keys, clock),
+        verifier=TokenVerifier(config.tokens, keys, clock),
+        revocations=store,
+        passwords=PasswordChecker(credentials or build_credentials(config.users)),
+        login_limiter=FailureLimiter(config.login_limit.max_failures,
+                                     config.login_limit.window, clock),
+        routes=RouteTable(config.routes),
+        metrics=Metrics.create(),
+    )
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
+    )
+    app[services_key] = services
+    app.on_response_prepare.append(add_request_id_header)
+    app.cleanup_ctx.append(_run_services)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+async def _run_services(app: web.Application) -> AsyncIterator[None]:
+    """Start the revocation store and the upstream client; close both on shutdown."""
+    services = app[services_key]
+    await services.revocations.start()
+    services.session = create_client_session(services.config)
+    try:
+        yield
+    finally:
+        await services.session.close()
+        await services.revocations.close()
+        services.passwords.close()
+
+

@@ -1,0 +1,145 @@
+"""The endpoints the gateway serves itself: /user/login, /user/logout, /user/logout_all."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.authentication import authenticate, bearer_token, verify_bearer
+from gateway.errors import (
+    BadCredentialsError,
+    MalformedBodyError,
+    MissingTokenError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    UnsupportedMediaTypeError,
+)
+from gateway.keys import services_key
+from gateway.services import Services
+from gateway.tokens import fingerprint, is_valid_subject
+
+log = logging.getLogger(__name__)
+MAX_LOGIN_BODY = 16 * 1024
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+async def login(request: web.Request) -> web.Response:
+    """Exchange a username and password for a token (200), or 401/400/413/415/429."""
+    services = request.app[services_key]
+    username, password = _parse_credentials(await _read_login_body(request))
+    peer = request.remote or "unknown"
+    limit_keys = (f"user:{username}", f"addr:{peer}")
+    retry_after = services.login_limiter.retry_after(*limit_keys)
+    if retry_after is not None:
+        services.metrics.logins.labels("rate_limited").inc()
+        raise RateLimitedError(retry_after)
+    if not await services.passwords.check(username, password):
+        services.login_limiter.record_failure(*limit_keys)
+        services.metrics.logins.labels("failed").inc()
+        log.info("login_failed user_fp=%s peer=%s", fingerprint(username), peer)
+        raise BadCredentialsError()
+    services.login_limiter.reset(limit_keys[0])
+    token, claims = services.issuer.issue(username)
+    services.metrics.logins.labels("succeeded").inc()
+    log.info("login_succeeded user=%s jti=%s peer=%s", username, claims.token_id, peer)
+    return web.Response(
+        body=json.dumps({"token": token}).encode(),
+        headers={"Content-Type": JSON_CONTENT_TYPE, "Cache-Control": "no-store",
+                 "Pragma": "no-cache"})
+
+
+async def _read_login_body(request: web.Request) -> bytes:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaTypeError()
+    if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
+        raise PayloadTooLargeError("The login body must be at most 16 KiB.")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(4096):
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            raise PayloadTooLargeError("The login body must be at most 16 KiB.")
+    return bytes(body)
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedBodyError(f"The JSON body repeats the key {key!r}.")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> None:
+    raise MalformedBodyError(f"The JSON body holds {name}, which is not JSON.")
+
+
+def _parse_credentials(body: bytes) -> tuple[str, str]:
+    try:
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_object,
+                          parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, MalformedBodyError):
+            raise
+        raise MalformedBodyError("The body is not valid UTF-8 JSON.") from None
+    if not isinstance(data, dict):
+        raise MalformedBodyError("The body must be a JSON object.")
+    username, password = data.get("username"), data.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise MalformedBodyError("`username` and `password` must both be strings.")
+    return username, password
+
+
+async def logout(request: web.Request) -> web.Response:
+    """Revoke the Bearer token sent; 204 once the revocation is durable (repeatable)."""
+    services = request.app[services_key]
+    claims = verify_bearer(services, request.headers)
+    await services.revocations.revoke_token(
+        claims.token_id, claims.expires_at + services.config.tokens.leeway)
+    services.metrics.revocations.labels("token").inc()
+    log.info("logout user=%s jti=%s", claims.subject, claims.token_id)
+    return web.Response(status=204)
+
+
+async def logout_all(request: web.Request) -> web.Response:
+    """Revoke every token of a user issued up to now; 204 once durable."""
+    services = request.app[services_key]
+    subject = _logout_all_subject(services, request)
+    now = services.clock()
+    lifetime = services.config.tokens.ttl + services.config.tokens.leeway
+    await services.revocations.revoke_subject(subject, now, now + lifetime)
+    services.metrics.revocations.labels("subject").inc()
+    log.info("logout_all user=%s peer=%s", subject, request.remote)
+    return web.Response(status=204)
+
+
+def _logout_all_subject(services: Services, request: web.Request) -> str:
+    """The subject of the Bearer token; or X-Auth-UserId, from trusted callers only.
+
+    SECURITY: DESIGN §4: the header form is honoured only from `trusted_networks`.
+    """
+    if bearer_token(request.headers) is not None:
+        return authenticate(services, request.headers).subject
+    asserted = request.headers.getall(services.config.identity_header, [])
+    if asserted and _is_trusted(services, request.remote):
+        if len(asserted) != 1 or not is_valid_subject(asserted[0]):
+            raise MalformedBodyError(
+                f"Send exactly one valid {services.config.identity_header} header.")
+        return asserted[0]
+    raise MissingTokenError()
+
+
+def _is_trusted(services: Services, remote: str | None) -> bool:
+    if remote is None or not services.config.trusted_networks:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in services.config.trusted_networks)

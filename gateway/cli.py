@@ -1,0 +1,184 @@
+"""Command line: `gateway serve | check-config | hash-password` (DESIGN §2). Logs go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import getpass
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Config, Secret, load_config
+from gateway.errors import ConfigError
+from gateway.observability import AccessLogger, configure_logging
+
+log = logging.getLogger("gateway")
+EXIT_CONFIG = 2
+SECRET_FILE = "jwt-secret"
+DEFAULT_CONFIGS = (Path("config.yaml"), Path("config.example.yaml"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command: str = args.command
+    if command == "hash-password":
+        return hash_password_command()
+    config_path = _config_path(args.config)
+    configure_logging("info")
+    try:
+        config = load_config(config_path)
+        secret = resolve_secret(config, create=command == "serve")
+        _check_keys(config, secret)
+    except ConfigError as exc:
+        print(f"{config_path}: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if command == "check-config":
+        print(f"{config_path}: configuration OK")
+        return 0
+    configure_logging(config.log_level)
+    workers = args.workers or config.listen.workers
+    if workers > 1:
+        from gateway.workers import run_workers
+        return run_workers(config_path, workers)
+    return serve(config, secret, reuse_port=args.reuse_port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the gateway in the foreground"),
+                       ("check-config", "validate the configuration and exit")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("-c", "--config", type=Path, default=None,
+                             help="YAML file (default: config.yaml, then config.example.yaml)")
+        if name == "serve":
+            command.add_argument("--workers", type=int, default=None,
+                                 help="processes sharing the port (default: listen.workers)")
+            command.add_argument("--reuse-port", action="store_true",
+                                 help=argparse.SUPPRESS)  # set by the worker supervisor
+    sub.add_parser("hash-password", help="read a password on stdin, print its argon2id hash")
+    return parser
+
+
+def _config_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    return next((p for p in DEFAULT_CONFIGS if p.exists()), DEFAULT_CONFIGS[0])
+
+
+def resolve_secret(config: Config, *, create: bool) -> Secret | None:
+    """The configured HS* secret, else one kept in `data_dir` (made once, mode 0600)."""
+    if config.tokens.secret is not None or not config.tokens.algorithm.startswith("HS"):
+        return config.tokens.secret
+    path = config.data_dir / SECRET_FILE
+    if not path.exists():
+        if not create:
+            return Secret(secrets.token_urlsafe(48))  # check-config: serve would make one
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48) + "\n")
+            logging.getLogger("gateway").warning(
+                "signing_secret_generated path=%s (set tokens.secret to share one between "
+                "hosts)", path)
+        except FileExistsError:
+            pass  # another worker made it first
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError([f"tokens.secret: cannot read {path}: {exc.strerror}"]) from None
+    if len(value.encode()) < 32:
+        raise ConfigError([f"tokens.secret: {path} holds fewer than 32 bytes"])
+    return Secret(value)
+
+
+def _check_keys(config: Config, secret: Secret | None) -> None:
+    from gateway.tokens import load_signing_keys
+    from gateway.users import build_credentials
+
+    load_signing_keys(config.tokens, secret)
+    build_credentials(config.users)
+
+
+def hash_password_command() -> int:
+    """Print the argon2id hash of a password read from stdin (prompted on a tty)."""
+    from gateway.users import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return EXIT_CONFIG
+    else:
+        password = sys.stdin.read()
+        password = password.removesuffix("\n")
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return EXIT_CONFIG
+    print(hash_password(password))
+    return 0
+
+
+def serve(config: Config, secret: Secret | None, *, reuse_port: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and return 0."""
+    runner = asyncio.Runner(loop_factory=_loop_factory())
+    with runner:
+        runner.run(_serve(config, secret, reuse_port))
+    return 0
+
+
+def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.Loop  # type: ignore[no-any-return]
+
+
+async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> None:
+    from gateway.app import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(create_app(config, secret=secret), access_log_class=AccessLogger,
+                           handle_signals=False, shutdown_timeout=30.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.listen.host, config.listen.port,
+                           reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
+        log.info("listening host=%s port=%s pid=%s store=%s", config.listen.host,
+                 _bound_port(runner) or config.listen.port, os.getpid(),
+                 config.revocation.store)
+        _tune_gc()
+        await stop.wait()
+        log.info("shutting_down pid=%s", os.getpid())
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return None
+
+
+def _tune_gc() -> None:
+    """Start-up objects never die: freeze them out of the collector, collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)

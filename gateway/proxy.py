@@ -1,0 +1,121 @@
+"""Forward a request to its upstream and stream the answer back; map upstream failures.
+
+The upstream client never follows redirects, never decompresses, keeps no cookies and
+rebuilds framing itself (DESIGN §5). A failure before the answer starts becomes a JSON
+502/504; a failure after it started cuts the client connection, so the client sees an
+incomplete message, never a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Config, Route
+from gateway.errors import PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
+from gateway.headers import filter_response_headers
+from gateway.observability import Metrics
+
+log = logging.getLogger(__name__)
+_BODYLESS_STATUSES = frozenset({204, 304})
+_CHUNK = 64 * 1024
+
+
+def create_client_session(config: Config) -> aiohttp.ClientSession:
+    """One pooled client per app: no redirects, no decompression, no cookie jar."""
+    timeouts = config.upstream_timeouts
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                     ttl_dns_cache=10)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        # SECURITY: the client's headers go through unchanged; adding Accept-Encoding
+        # would let the upstream compress an answer the client cannot read.
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect,
+                                      sock_connect=timeouts.connect, sock_read=timeouts.read),
+        raise_for_status=False,
+    )
+
+
+def upstream_origin(route: Route) -> str:
+    """`scheme://host[:port]` of a route's upstream (the base path goes in the target)."""
+    url = URL(route.upstream)
+    return str(url.origin())
+
+
+async def _limited_body(content: aiohttp.StreamReader, max_body: int) -> AsyncIterator[bytes]:
+    """Stream the request body, counting as it passes; over `max_body` is a 413."""
+    seen = 0
+    async for chunk in content.iter_chunked(_CHUNK):
+        seen += len(chunk)
+        if seen > max_body:
+            raise PayloadTooLargeError()
+        yield chunk
+
+
+async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL,
+                  headers: CIMultiDict[str], max_body: int,
+                  metrics: Metrics) -> web.StreamResponse:
+    """Send the request upstream and stream the answer back to the client."""
+    data = None
+    if request.body_exists:
+        if request.content_length is not None:
+            if request.content_length > max_body:
+                raise PayloadTooLargeError()
+            headers["Content-Length"] = str(request.content_length)
+        data = _limited_body(request.content, max_body)
+    try:
+        upstream = await session.request(request.method, url, headers=headers, data=data,
+                                         allow_redirects=False, compress=None)
+    except PayloadTooLargeError:
+        raise
+    except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
+        metrics.upstream_errors.labels("timeout").inc()
+        raise UpstreamTimeoutError() from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        metrics.upstream_errors.labels("connect").inc()
+        log.warning("upstream_failed url=%s error=%s", url.origin(), type(exc).__name__)
+        raise UpstreamError() from exc
+    try:
+        return await _relay(request, upstream, metrics)
+    finally:
+        upstream.release()
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
+                 metrics: Metrics) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=filter_response_headers(upstream.headers))
+    has_body = request.method != "HEAD" and upstream.status not in _BODYLESS_STATUSES
+    if upstream.content_length is not None and upstream.status not in _BODYLESS_STATUSES:
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    if not has_body:
+        await response.write_eof()
+        return response
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        metrics.upstream_errors.labels("mid_body").inc()
+        log.warning("upstream_body_failed error=%s", type(exc).__name__)
+        upstream.close()
+        _abort_client(request)
+        return response  # already sent in part: no error answer can follow it
+    await response.write_eof()
+    return response
+
+
+def _abort_client(request: web.Request) -> None:
+    """Cut the client connection so a truncated answer cannot look complete."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

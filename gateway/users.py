@@ -1,0 +1,109 @@
+"""Credentials: where password hashes come from, and checking a password against one.
+
+Hashing is argon2id (argon2-cffi); existing bcrypt `$2b$` hashes verify too. Every check
+runs on a small dedicated thread pool, never on the event loop, and an unknown user is
+checked against a dummy hash so that answer and timing match a wrong password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import argon2
+import bcrypt
+import yaml
+
+from gateway.config import Users
+from gateway.errors import ConfigError
+
+log = logging.getLogger(__name__)
+_hasher = argon2.PasswordHasher()  # argon2id, RFC 9106 defaults of argon2-cffi
+_BCRYPT_PREFIXES = ("$2b$", "$2a$", "$2y$")
+
+
+class CredentialStore(Protocol):
+    """Maps a username to its password hash."""
+
+    def password_hash(self, username: str) -> str | None:
+        """The stored hash, or None for an unknown user."""
+
+
+class InlineCredentials:
+    """Users listed in the config file itself (`users.inline`)."""
+
+    def __init__(self, hashes: Mapping[str, str]) -> None:
+        self._hashes = dict(hashes)
+
+    def password_hash(self, username: str) -> str | None:
+        return self._hashes.get(username)
+
+
+def load_users_file(path: Path) -> InlineCredentials:
+    """Read a YAML map `username: hash` (the `users.file` backend)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"users.file: cannot read {path}: {exc}"]) from exc
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ConfigError([f"users.file: {path} must map usernames to hash strings"])
+    try:
+        Users(inline=data)
+    except ValueError as exc:
+        raise ConfigError([f"users.file: {exc}"]) from exc
+    return InlineCredentials(data)
+
+
+def build_credentials(users: Users) -> CredentialStore:
+    """Inline users, plus those of `users.file` (the file wins on a clash)."""
+    hashes = dict(users.inline)
+    if users.file is not None:
+        hashes.update(load_users_file(users.file)._hashes)
+    return InlineCredentials(hashes)
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of `password`, for the users section."""
+    return _hasher.hash(password)
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    """Constant-time check of `password` against an argon2 or bcrypt hash."""
+    if hashed.startswith(_BCRYPT_PREFIXES):
+        try:
+            return bcrypt.checkpw(password.encode(), hashed.encode())
+        except ValueError:  # bcrypt refuses passwords over 72 bytes
+            return False
+    try:
+        return _hasher.verify(hashed, password)
+    except argon2.exceptions.VerificationError:
+        return False
+    except argon2.exceptions.InvalidHashError:
+        log.error("password_hash_invalid")
+        return False
+
+
+class PasswordChecker:
+    """Checks credentials off the event loop, with bounded parallelism (argon2 uses ~64 MiB)."""
+
+    def __init__(self, store: CredentialStore, workers: int = 2) -> None:
+        self._store = store
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
+        self._dummy_hash = hash_password(secrets.token_urlsafe(24))
+
+    async def check(self, username: str, password: str) -> bool:
+        """True only for a known user with the right password; same cost either way."""
+        stored = self._store.password_hash(username)
+        hashed = stored if stored is not None else self._dummy_hash
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(self._executor, verify_password, password, hashed)
+        return matches and stored is not None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,53 @@
+"""`--workers N`: N gateway processes on one port (SO_REUSEPORT), supervised by this one.
+
+Each worker is a plain `gateway serve --workers 1 --reuse-port` child. Workers share
+revocations through the store: SQLite by following the database's change feed, Redis by
+pub/sub. The supervisor forwards SIGTERM/SIGINT, restarts a worker that dies, and exits 0
+once all workers have drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger(__name__)
+RESTART_PAUSE = 1.0
+
+
+def _spawn(config_path: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+               "--workers", "1", "--reuse-port"]
+    return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+
+
+def run_workers(config_path: Path, count: int) -> int:
+    """Run `count` workers until told to stop; returns the exit code."""
+    stopping = False
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    children = [_spawn(config_path) for _ in range(count)]
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log.info("workers_started count=%s pids=%s", count, [c.pid for c in children])
+    while not stopping:
+        time.sleep(0.2)
+        for index, child in enumerate(children):
+            code = child.poll()
+            if code is not None and not stopping:
+                log.error("worker_died pid=%s code=%s; restarting", child.pid, code)
+                time.sleep(RESTART_PAUSE)
+                children[index] = _spawn(config_path)
+    codes = [child.wait() for child in children]
+    return 0 if all(code == 0 for code in codes) else 1
