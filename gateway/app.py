@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -29,7 +28,7 @@ from gateway.ratelimit import FailureLimiter
 from gateway.revocation import RevocationStore
 from gateway.routing import RouteTable, normalise_path, upstream_target
 from gateway.services import Services
-from gateway.tokens import TokenIssuer, TokenVerifier, load_signing_keys
+from gateway.tokens import Claims, TokenIssuer, TokenVerifier, load_signing_keys
 from gateway.users import CredentialStore, PasswordChecker, build_credentials
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -102,6 +101,7 @@ async def proxy_request(request: web.Request, path: str, query: str) -> web.Stre
     route = services.routes.match(path)
     if route is None:
         raise NotFoundError()
+    claims: Claims | None
     if route.auth == "required":
         claims = authenticate(services, request.headers)
     elif route.auth == "optional":
@@ -160,7 +160,7 @@ def create_app(config: Config, *, clock: Clock = time.time, secret: Secret | Non
     app[services_key] = services
     app.on_response_prepare.append(add_request_id_header)
     app.cleanup_ctx.append(_run_services)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines too
     return app
 
 

@@ -69,8 +69,8 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             "request method=%s path=%s status=%s duration_ms=%.2f peer=%s request_id=%s",
-            request.method, request.raw_path.partition("?")[0][:256], response.status, time * 1000, request.remote,
-            response.headers.get("X-Request-Id", "-"))
+            request.method, request.raw_path.partition("?")[0][:256], response.status,
+            time * 1000, request.remote, response.headers.get("X-Request-Id", "-"))
 
     @property
     def enabled(self) -> bool:

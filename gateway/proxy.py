@@ -51,43 +51,61 @@ def upstream_origin(route: Route) -> str:
     return str(url.origin())
 
 
-async def _limited_body(content: aiohttp.StreamReader, max_body: int) -> AsyncIterator[bytes]:
-    """Stream the request body, counting as it passes; over `max_body` is a 413."""
-    seen = 0
-    async for chunk in content.iter_chunked(_CHUNK):
-        seen += len(chunk)
-        if seen > max_body:
-            raise PayloadTooLargeError()
-        yield chunk
+class _LimitedBody:
+    """The request body, streamed and counted as it passes; over `max_body` stops it.
+
+    aiohttp's client wraps an error raised by a body generator in a connection error, so
+    `exceeded` tells the caller that the upstream failure was really a 413.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, max_body: int) -> None:
+        self._content = content
+        self._max_body = max_body
+        self.exceeded = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > self._max_body:
+                self.exceeded = True
+                raise PayloadTooLargeError()
+            yield chunk
 
 
 async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL,
                   headers: CIMultiDict[str], max_body: int,
                   metrics: Metrics) -> web.StreamResponse:
     """Send the request upstream and stream the answer back to the client."""
-    data = None
+    body = None
     if request.body_exists:
         if request.content_length is not None:
             if request.content_length > max_body:
                 raise PayloadTooLargeError()
             headers["Content-Length"] = str(request.content_length)
-        data = _limited_body(request.content, max_body)
+        body = _LimitedBody(request.content, max_body)
     try:
-        upstream = await session.request(request.method, url, headers=headers, data=data,
+        upstream = await session.request(request.method, url, headers=headers,
+                                         data=body.chunks() if body else None,
                                          allow_redirects=False, compress=None)
-    except PayloadTooLargeError:
-        raise
-    except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
-        metrics.upstream_errors.labels("timeout").inc()
-        raise UpstreamTimeoutError() from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        metrics.upstream_errors.labels("connect").inc()
-        log.warning("upstream_failed url=%s error=%s", url.origin(), type(exc).__name__)
-        raise UpstreamError() from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        if body is not None and body.exceeded:
+            raise PayloadTooLargeError() from exc
+        raise _upstream_error(exc, url, metrics) from exc
     try:
         return await _relay(request, upstream, metrics)
     finally:
         upstream.release()
+
+
+def _upstream_error(exc: Exception, url: URL, metrics: Metrics) -> UpstreamError:
+    """Translate a client failure before the answer started: timeout 504, else 502."""
+    if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
+        metrics.upstream_errors.labels("timeout").inc()
+        return UpstreamTimeoutError()
+    metrics.upstream_errors.labels("connect").inc()
+    log.warning("upstream_failed url=%s error=%s", url.origin(), type(exc).__name__)
+    return UpstreamError()
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,

@@ -1,12 +1,29 @@
-"""Shared fixtures: a fake clock, free ports, real upstream servers."""
+"""Shared fixtures: a fake clock, free ports, a real echo upstream, a real gateway."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app import create_app
+from gateway.config import Config, parse_config
+from gateway.demo import create_echo_app
+from gateway.revocation.memory import MemoryRevocationStore
+from gateway.users import hash_password
 from tests.fakes import FakeClock
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+PASSWORD = "correct horse battery staple"
+_HASH = hash_password(PASSWORD)
+
+GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+ConfigFactory = Callable[..., Config]
 
 
 @pytest.fixture
@@ -21,3 +38,79 @@ def dead_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@pytest.fixture
+async def echo_upstream(aiohttp_server: Any) -> TestServer:
+    """The bundled echo app: answers with the method, path, headers and body it received."""
+    server: TestServer = await aiohttp_server(create_echo_app())
+    return server
+
+
+def base_config_data(upstream: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A valid configuration as YAML-shaped data: routes to `upstream`, users marco/alice."""
+    data: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "tokens": {"secret": TEST_SECRET, "ttl": "1h", "leeway": "30s"},
+        "users": {"inline": {"marco": _HASH, "alice": _HASH}},
+        "revocation": {"store": "memory"},
+        "data_dir": str(tmp_path / "data"),
+        "upstream_timeouts": {"connect": "2s", "read": "1s"},
+        "limits": {"max_body": "64KiB"},
+        "routes": [
+            {"prefix": "/public", "upstream": upstream, "auth": "none"},
+            {"prefix": "/maybe", "upstream": upstream, "auth": "optional"},
+            {"prefix": "/fwd", "upstream": upstream, "forward_authorization": True},
+            {"prefix": "/strip", "upstream": upstream + "/base", "strip_prefix": True},
+            {"prefix": "/", "upstream": upstream, "auth": "required"},
+        ],
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def make_config(echo_upstream: TestServer, tmp_path: Path) -> ConfigFactory:
+    """Build a Config pointing at the echo upstream; keyword arguments replace sections."""
+    upstream = str(echo_upstream.make_url("")).rstrip("/")
+
+    def build(**overrides: Any) -> Config:
+        return parse_config(base_config_data(upstream, tmp_path, **overrides), {}, tmp_path)
+
+    return build
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client: Any, make_config: ConfigFactory,
+                 clock: FakeClock) -> GatewayFactory:
+    """Start a real gateway on a loopback port (memory store unless one is given)."""
+
+    async def start(config: Config | None = None, **kwargs: Any) -> TestClient[Any, Any]:
+        config = config or make_config()
+        kwargs.setdefault("clock", clock)
+        if "revocations" not in kwargs and config.revocation.store == "memory":
+            kwargs["revocations"] = MemoryRevocationStore(clock=kwargs["clock"],
+                                                          max_entries=1000)
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(config, **kwargs))
+        return client
+
+    return start
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
+    return await make_gateway()
+
+
+async def login(client: TestClient[Any, Any], username: str = "marco",
+                password: str = PASSWORD) -> str:
+    """Log in through the real endpoint and return the token."""
+    response = await client.post("/user/login", json={"username": username,
+                                                      "password": password})
+    assert response.status == 200, await response.text()
+    token: str = (await response.json())["token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
