@@ -22,6 +22,7 @@ from gateway.observability import AccessLogger, configure_logging
 
 log = logging.getLogger("gateway")
 EXIT_CONFIG = 2
+EXIT_STARTUP = 1
 SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 DEFAULT_CONFIGS = (Path("config.yaml"), Path("config.example.yaml"))
 
@@ -132,10 +133,17 @@ def hash_password_command() -> int:
 
 def serve(config: Config, secret: Secret | None, *, reuse_port: bool = False) -> int:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return 0."""
-    runner = asyncio.Runner(loop_factory=_loop_factory())
-    with runner:
-        runner.run(_serve(config, secret, reuse_port))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        try:
+            runner.run(_serve(config, secret, reuse_port))
+        except StartupError as exc:
+            log.error("startup_failed reason=%s", exc)
+            return EXIT_STARTUP
     return 0
+
+
+class StartupError(Exception):
+    """The gateway could not start: a store that will not open, a port already taken."""
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -155,11 +163,18 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
         loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(create_app(config, secret=secret), access_log_class=AccessLogger,
                            handle_signals=False, shutdown_timeout=30.0)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except Exception as exc:  # whatever a store raises when it cannot open
+        raise StartupError(f"revocation store: {exc}") from exc
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
                            reuse_port=reuse_port or None, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.listen.host}:{config.listen.port}: "
+                               f"{exc.strerror}") from exc
         log.info("listening host=%s port=%s pid=%s store=%s", config.listen.host,
                  _bound_port(runner) or config.listen.port, os.getpid(),
                  config.revocation.store)

@@ -47,6 +47,9 @@ class RevocationCache:
     def has_token(self, jti: str) -> bool:
         return jti in self._tokens
 
+    def has_subject(self, subject: str) -> bool:
+        return subject in self._cutoffs
+
     def is_revoked(self, jti: str, subject: str, issued_at: float) -> bool:
         """True when the token id was revoked or its subject logged out all after issue."""
         if jti in self._tokens:

@@ -85,9 +85,7 @@ class MemoryRevocationStore:
 
     def _has_subject(self, subject: str) -> bool:
         """True when `subject` already has a cutoff, so updating it needs no new entry."""
-        # The cache offers no has_subject(); a cutoff exists exactly when every issue time,
-        # however early, counts as revoked. The empty jti is never issued, so it cannot match.
-        return self.cache.is_revoked("", subject, float("-inf"))
+        return self.cache.has_subject(subject)
 
     async def _purge_loop(self) -> None:
         """Purge every `purge_interval`; log and carry on after any failure."""

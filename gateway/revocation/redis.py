@@ -60,8 +60,8 @@ _SCAN_STEP_LUA = """
 local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
 local pairs = {}
 for _, key in ipairs(step[2]) do
-  local value = redis.call('GET', key)
-  if value then pairs[#pairs + 1] = {key, value} end
+  local value = redis.pcall('GET', key)  -- a foreign non-string key is skipped, not fatal
+  if type(value) == 'string' then pairs[#pairs + 1] = {key, value} end
 end
 return {step[1], cjson.encode(pairs)}
 """
@@ -95,6 +95,8 @@ class RedisRevocationStore:
         """
         if url.startswith("redis+sentinel://"):
             raise ValueError("redis+sentinel:// is not supported yet; use redis:// or rediss://")
+        if max_staleness <= 0 or socket_timeout <= 0:
+            raise ValueError("max_staleness and socket_timeout must be positive")
         self.cache = RevocationCache()
         self._clock = clock
         self._max_staleness = max_staleness
@@ -119,10 +121,8 @@ class RedisRevocationStore:
         self._session_synced = False
         self._last_synced_at = -math.inf
         self._cut_off_since: float | None = None
-        self._last_error = "not started"
+        self._last_error = ""
         self._tasks: list[asyncio.Task[None]] = []
-
-    # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Subscribe, load every live revocation, and return once the cache is complete.
@@ -130,6 +130,8 @@ class RedisRevocationStore:
         Raises `StoreUnavailableError` when Redis has not answered within `start_timeout`:
         the gateway then refuses to start rather than serve without revocations.
         """
+        if self._tasks:
+            raise RuntimeError("RedisRevocationStore.start() called twice")
         self._cut_off_since = self._clock()
         self._tasks = [
             asyncio.create_task(self._follow_forever(), name="redis-revocation-follower"),
@@ -162,8 +164,6 @@ class RedisRevocationStore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.1):
                     await self._loaded.wait()
-
-    # -- writes ------------------------------------------------------------------------
 
     async def revoke_token(self, jti: str, expires_at: float) -> None:
         """Store and publish one revoked token id; returns only once Redis acknowledged it."""
@@ -201,8 +201,6 @@ class RedisRevocationStore:
     def _key(self, kind: bytes, name: str) -> bytes:
         return self._key_prefix.encode() + kind + name.encode()
 
-    # -- hot path ----------------------------------------------------------------------
-
     def is_revoked(self, jti: str, subject: str, issued_at: float) -> bool:
         """Answer from the cache; fail closed when it cannot be trusted to be complete.
 
@@ -225,7 +223,7 @@ class RedisRevocationStore:
         now = self._clock()
         away = "" if self._cut_off_since is None else f"{now - self._cut_off_since:.1f}s"
         if not self._loaded.is_set():
-            if self._session_up:
+            if self._session_up or not self._last_error:
                 return StoreStatus(False, "initial load in progress")
             return StoreStatus(False, f"redis unreachable for {away}: {self._last_error}")
         age = now - self._last_synced_at
@@ -238,8 +236,6 @@ class RedisRevocationStore:
                 True, f"redis unreachable for {away}; serving cached state ({age:.1f}s old)"
             )
         return StoreStatus(True, f"in sync ({len(self.cache)} entries)")
-
-    # -- follower ----------------------------------------------------------------------
 
     async def _follow_forever(self) -> None:
         """Keep a subscribed, loaded session; reconnect with backoff capped at one second."""
@@ -269,12 +265,13 @@ class RedisRevocationStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     def _on_session_lost(self, exc: BaseException) -> None:
-        self._last_error = _reason(exc)
+        """Start the cut-off clock on the first failure; later retries only log at debug."""
+        first = self._session_synced or not self._last_error
+        error = self._last_error = _reason(exc)
         if self._cut_off_since is None:
             self._cut_off_since = self._clock()
-        logger.warning(
-            "redis_revocation_link_lost where=%s error=%s", self._where, self._last_error
-        )
+        level = logging.WARNING if first else logging.DEBUG
+        logger.log(level, "redis_revocation_link_lost where=%s error=%s", self._where, error)
 
     async def _reload(self, subscribed_at: float) -> None:
         """SCAN every revocation into the cache (merging: entries are only ever added)."""
@@ -301,18 +298,13 @@ class RedisRevocationStore:
         pairs = json.loads(_text(batch))
         if not isinstance(pairs, list):  # cjson encodes an empty table as `{}`
             return 0
-        token_prefix, subject_prefix = f"{self._key_prefix}rt:", f"{self._key_prefix}rs:"
-        token_at, subject_at = len(token_prefix), len(subject_prefix)
-        applied = 0
+        tokens, subjects = f"{self._key_prefix}rt:", f"{self._key_prefix}rs:"
         for key, value in pairs:
-            if key.startswith(token_prefix):
-                self._apply_token(key[token_at:], value)
-            elif key.startswith(subject_prefix):
-                self._apply_cutoff(key[subject_at:], value)
-            else:
-                continue
-            applied += 1
-        return applied
+            if key.startswith(tokens):
+                self._apply_token(key[len(tokens) :], value)
+            elif key.startswith(subjects):
+                self._apply_cutoff(key[len(subjects) :], value)
+        return len(pairs)
 
     async def _listen(self, pubsub: PubSub) -> None:
         """Apply each published revocation; PING every second and fail if PONG is late."""
