@@ -142,8 +142,7 @@ def test_bad_duration_in_config_is_a_problem_at_its_key(
 ) -> None:
     """A bad duration in the file is a problem named `tokens.<key>`, never a silent value."""
     path = write(tmp_path, f"tokens: {{secret: {SECRET}, {key}: {raw}}}\n"
-                           "users: {inline: {marco: 'HASH'}}\n".replace("HASH", HASH)
-                           + f"data_dir: {tmp_path / 'data'}\n"
+                           f"users: {{inline: {{marco: '{HASH}'}}}}\n"
                            f"routes: [{{prefix: /, upstream: '{UPSTREAM}'}}]\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, {})

@@ -85,6 +85,7 @@ class StoreMaker:
         clock: Clock = time.time,
         max_staleness: float = 30.0,
         socket_timeout: float = 2.0,
+        purge_interval: float = 60.0,
         start: bool = True,
     ) -> RedisRevocationStore:
         store = RedisRevocationStore(
@@ -93,6 +94,7 @@ class StoreMaker:
             key_prefix=prefix,
             max_staleness=max_staleness,
             socket_timeout=socket_timeout,
+            purge_interval=purge_interval,
         )
         self.made.append(store)
         if start:
@@ -185,6 +187,18 @@ async def test_entries_expire_with_the_tokens_they_cover(
     subject_ttl = await admin.pttl(f"{prefix}rs:alice")
     assert 50_000 < token_ttl <= 60_001
     assert 110_000 < subject_ttl <= 120_001  # at least the longest token lifetime
+
+
+async def test_expired_entries_leave_the_cache(
+    redis_url: str, prefix: str, admin: aioredis.Redis, make_store: StoreMaker, clock: FakeClock
+) -> None:
+    """The periodic purge drops revocations whose tokens have expired: memory stays bounded."""
+    store = await make_store(redis_url, prefix, clock=clock, purge_interval=0.01)
+    await store.revoke_token("short", clock() + 10)
+    await store.revoke_token("long", clock() + HOUR)
+    clock.advance(11)
+    await wait_until(lambda: not store.cache.has_token("short"), 1.0, "purge of expired entry")
+    assert store.cache.has_token("long")
 
 
 async def test_other_prefixes_are_ignored_even_with_glob_characters(
