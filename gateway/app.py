@@ -30,6 +30,7 @@ from gateway.routing import RouteTable, normalise_path, upstream_target
 from gateway.services import Services
 from gateway.tokens import Claims, TokenIssuer, TokenVerifier, load_signing_keys
 from gateway.users import CredentialStore, PasswordChecker, build_credentials
+from gateway.websocket import is_websocket_upgrade, proxy_websocket
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -108,6 +109,7 @@ async def proxy_request(request: web.Request, path: str, query: str) -> web.Stre
         claims = authenticate_optional(services, request.headers)
     else:
         claims = None
+    websocket = is_websocket_upgrade(request.headers, request.method)
     headers = build_upstream_headers(
         request.headers,
         identity=claims.subject if claims is not None else None,
@@ -116,6 +118,8 @@ async def proxy_request(request: web.Request, path: str, query: str) -> web.Stre
         peer=request.remote, scheme=request.scheme, host=request.headers.get("Host"),
         request_id=request[request_id_key])
     url = URL(_origin(route) + upstream_target(route, path, query), encoded=True)
+    if websocket:
+        return await proxy_websocket(request, services, url, headers, claims)
     assert services.session is not None  # noqa: S101 - created by the cleanup context
     return await forward(request, services.session, url, headers,
                          services.config.limits.max_body, services.metrics)

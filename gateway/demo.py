@@ -1,7 +1,7 @@
 """A small echo upstream for the demo and the tests: it answers with what it received.
 
 `python -m gateway.demo --port 8080` serves it on 127.0.0.1. Besides echoing any path it has
-`/slow?seconds=N`, `/status/{n}`, `/stream?chunks=N` and `/die-mid-body`, which the tests
+`/slow?seconds=N`, `/status/{n}`, `/stream?chunks=N`, `/die-mid-body` and `/ws`, which the tests
 use to exercise timeouts, statuses, streaming and broken upstreams.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import contextlib
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -59,12 +59,27 @@ async def die_mid_body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def websocket_echo(request: web.Request) -> web.WebSocketResponse:
+    """A websocket that first sends the headers it was opened with, then echoes frames."""
+    ws = web.WebSocketResponse(protocols=("chat", "superchat"))
+    await ws.prepare(request)
+    await ws.send_json({"headers": [[k, v] for k, v in request.headers.items()],
+                        "protocol": ws.ws_protocol})
+    async for message in ws:
+        if message.type is WSMsgType.TEXT:
+            await ws.send_str(message.data)
+        elif message.type is WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+    return ws
+
+
 def create_echo_app() -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/slow", slow)
     app.router.add_route("*", "/status/{n:\\d+}", status)
     app.router.add_route("*", "/stream", stream)
     app.router.add_route("*", "/die-mid-body", die_mid_body)
+    app.router.add_get("/ws", websocket_echo)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
