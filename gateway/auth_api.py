@@ -20,7 +20,7 @@ from gateway.errors import (
 )
 from gateway.keys import services_key
 from gateway.services import Services
-from gateway.tokens import fingerprint, is_valid_subject
+from gateway.tokens import fingerprint, is_valid_subject, issue_time
 
 log = logging.getLogger(__name__)
 MAX_LOGIN_BODY = 16 * 1024
@@ -109,7 +109,7 @@ async def logout_all(request: web.Request) -> web.Response:
     """Revoke every token of a user issued up to now; 204 once durable."""
     services = request.app[services_key]
     subject = _logout_all_subject(services, request)
-    now = services.clock()
+    now = issue_time(services.clock())
     lifetime = services.config.tokens.ttl + services.config.tokens.leeway
     await services.revocations.revoke_subject(subject, now, now + lifetime)
     services.metrics.revocations.labels("subject").inc()

@@ -7,6 +7,7 @@ Every problem is collected before start-up refuses, each named by its key path.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
@@ -71,8 +73,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 24h, 7d)")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {value!r} (must be finite and not negative)")
     return seconds
 
 
@@ -95,7 +97,7 @@ def _to_secret(value: object) -> Secret | None:
     if value is None or value == "":
         return None
     if isinstance(value, Secret):
-        return value
+        value = value.reveal()
     if not isinstance(value, str):
         raise ValueError("must be a string")
     if len(value.encode()) < MIN_SECRET_BYTES:
@@ -114,7 +116,19 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 SecretValue = Annotated[Secret | None, BeforeValidator(_to_secret)]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+def _to_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("not an IP network (expected e.g. 10.0.0.0/8)")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not an IP network: {exc}") from None
+
+
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                    PlainValidator(_to_network)]
 
 
 class _Model(BaseModel):
@@ -178,9 +192,8 @@ class Revocation(_Model):
         if self.store == "redis":
             if not self.url:
                 raise ValueError("store `redis` needs `url` (e.g. redis://127.0.0.1:6379/0)")
-            if not self.url.startswith(("redis://", "rediss://", "unix://",
-                                        "redis+sentinel://")):
-                raise ValueError("url: not a redis:// URL")
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("url: not a redis://, rediss:// or unix:// URL")
         return self
 
 
@@ -221,6 +234,8 @@ class Route(_Model):
             raise ValueError(f"not a URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not a URL (expected http://host[:port][/path])")
+        if parts.netloc.endswith(":"):
+            raise ValueError("not a URL: the port is empty")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry a query, fragment or credentials")
         del port
@@ -268,7 +283,12 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
     loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  
+        key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -285,10 +305,11 @@ def expand_env(value: Any, environ: Mapping[str, str], path: str, problems: list
     if isinstance(value, str):
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
+            value = environ.get(name)
             if default is not None:
-                return default
+                return value or default  # POSIX `:-`: unset or empty takes the default
+            if value is not None:
+                return value
             problems.append(f"{path or '<root>'}: environment variable {name} is not set")
             return ""
         return _ENV_REF.sub(substitute, value)
@@ -329,28 +350,43 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _check_paths(config: Config) -> list[str]:
-    """Files the gateway will read must exist; folders it will write must be creatable."""
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _check_paths(data: dict[str, Any]) -> list[str]:
+    """Files the gateway will read must exist; folders it will write must be creatable.
+
+    Runs on the raw (expanded, absolutised) data so that these problems are listed
+    together with schema problems, not only after the schema passed.
+    """
     problems = []
-    for key, path in (("users.file", config.users.file),
-                      ("tokens.private_key_file", config.tokens.private_key_file),
-                      ("tokens.public_key_file", config.tokens.public_key_file)):
-        if path is not None and not path.is_file():
-            problems.append(f"{key}: file not found: {path}")
-    writable = [("data_dir", config.data_dir)]
-    if config.revocation.store == "sqlite":
-        writable.append(("revocation.path", config.revocation.path.parent))
+    users, tokens = _section(data, "users"), _section(data, "tokens")
+    for key, value in (("users.file", users.get("file")),
+                       ("tokens.private_key_file", tokens.get("private_key_file")),
+                       ("tokens.public_key_file", tokens.get("public_key_file"))):
+        if isinstance(value, str) and value and not Path(value).is_file():
+            problems.append(f"{key}: file not found: {value}")
+    writable = [("data_dir", data.get("data_dir"))]
+    revocation = _section(data, "revocation")
+    if revocation.get("store", "sqlite") == "sqlite" and isinstance(revocation.get("path"), str):
+        writable.append(("revocation.path", str(Path(revocation["path"]).parent)))
     for key, folder in writable:
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        if isinstance(folder, str) and not _is_creatable(Path(folder)):
             problems.append(f"{key}: cannot create or write {folder}")
-    if not config.users.inline and config.users.file is None:
+    if not users.get("inline") and not users.get("file"):
         problems.append("users: no users configured (add `inline` or `file`)")
-    if not config.routes:
+    if not data.get("routes"):
         problems.append("routes: at least one route is required")
     return problems
+
+
+def _is_creatable(folder: Path) -> bool:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
 
 
 def _absolutise(data: dict[str, Any], base: Path) -> None:
@@ -381,11 +417,16 @@ def parse_config(data: object, environ: Mapping[str, str], base: Path) -> Config
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(problems + _format_errors(exc)) from None
-    problems += _check_paths(config)
+        raise ConfigError(problems + _format_errors(exc) + _check_paths(expanded)) from None
+    problems += _check_paths(expanded)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -396,7 +437,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: not valid YAML: {exc}"]) from None
     return parse_config(data, environ, path.resolve().parent)

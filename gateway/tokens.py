@@ -80,6 +80,15 @@ def load_signing_keys(tokens: Tokens, secret: Secret | None) -> SigningKeys:
     return SigningKeys(tokens.algorithm, private, public, key_id)
 
 
+def issue_time(now: float) -> float:
+    """`now` at the microsecond precision of `iat`.
+
+    logout_all cutoffs use the same rounding: rounding is monotonic, so every token issued
+    at or before the cutoff instant compares `iat <= cutoff`, whichever way it rounded.
+    """
+    return round(now, 6)
+
+
 def fingerprint(token: str) -> str:
     """A 12-character SHA-256 fingerprint: what logs show instead of a token."""
     return hashlib.sha256(token.encode(errors="replace")).hexdigest()[:12]
@@ -103,7 +112,7 @@ class TokenIssuer:
 
     def issue(self, subject: str) -> tuple[str, Claims]:
         """Return a new signed token for `subject` and its claims."""
-        issued_at = round(self._clock(), 6)
+        issued_at = issue_time(self._clock())
         claims = Claims(subject, secrets.token_urlsafe(16), issued_at, issued_at + self._ttl)
         payload = {"iss": self._issuer, "sub": subject, "iat": issued_at,
                    "exp": claims.expires_at, "jti": claims.token_id}
@@ -151,7 +160,8 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise BadTokenError("The token signature or format is not valid.") from exc
         header = decoded["header"]
-        if "crit" in header or header.get("typ", "JWT").upper() != "JWT":
+        typ = header.get("typ", "JWT")
+        if "crit" in header or not isinstance(typ, str) or typ.upper() != "JWT":
             raise BadTokenError("The token header is not acceptable.")
         return self._check_claims(_parse_payload(decoded["payload"]))
 
@@ -181,9 +191,15 @@ class TokenVerifier:
 
 def _numeric(payload: dict[str, Any], name: str) -> float:
     value = payload[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadTokenError(f"The token claim `{name}` must be a number.")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise BadTokenError(f"The token claim `{name}` is out of range.") from None
+    if not math.isfinite(number):
+        raise BadTokenError(f"The token claim `{name}` is out of range.")
+    return number
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import argon2
 import bcrypt
 import yaml
 
-from gateway.config import Users
+from gateway.config import Users, load_yaml
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class InlineCredentials:
 def load_users_file(path: Path) -> InlineCredentials:
     """Read a YAML map `username: hash` (the `users.file` backend)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError([f"users.file: cannot read {path}: {exc}"]) from exc
     if not isinstance(data, dict) or not all(

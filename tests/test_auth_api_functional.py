@@ -252,3 +252,15 @@ async def test_revocation_survives_a_gateway_restart_with_sqlite(
     second = await make_gateway(config, revocations=SqliteRevocationStore(
         tmp_path / "rev.db", clock=clock))
     assert (await second.get("/x", headers=bearer(token))).status == 401
+
+
+@pytest.mark.parametrize("start", [1_800_000_000.0000006, 1_800_000_000.0000004],
+                         ids=["rounds-up", "rounds-down"])
+async def test_token_issued_at_the_cutoff_instant_is_revoked(
+        make_gateway: GatewayFactory, make_config: ConfigFactory, start: float) -> None:
+    """A token issued at the very instant of logout_all is revoked, however iat rounds."""
+    clock = FakeClock(start)
+    client = await make_gateway(make_config(), clock=clock)
+    token = await login(client)
+    assert (await client.post("/user/logout_all", headers=bearer(token))).status == 204
+    assert (await client.get("/x", headers=bearer(token))).status == 401
