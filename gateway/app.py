@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -12,7 +11,7 @@ from yarl import URL
 from gateway import auth_api
 from gateway.authentication import authenticate, authenticate_optional
 from gateway.clock import Clock
-from gateway.config import Config, Route, Secret
+from gateway.config import Config, Secret
 from gateway.errors import MethodNotAllowedError, NotFoundError
 from gateway.headers import build_upstream_headers
 from gateway.keys import request_id_key, services_key
@@ -23,7 +22,12 @@ from gateway.middleware import (
     request_id_middleware,
 )
 from gateway.observability import METRICS_CONTENT_TYPE, Metrics
-from gateway.proxy import create_client_session, forward
+from gateway.proxy import (
+    create_client_session,
+    create_upstream_pool,
+    forward,
+    upstream_endpoint,
+)
 from gateway.ratelimit import FailureLimiter
 from gateway.revocation import RevocationStore
 from gateway.routing import RouteTable, normalise_path, upstream_target
@@ -91,11 +95,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await proxy_request(request, path, query)
 
 
-@functools.lru_cache(maxsize=1024)
-def _origin(route: Route) -> str:
-    return str(URL(route.upstream).origin())
-
-
 async def proxy_request(request: web.Request, path: str, query: str) -> web.StreamResponse:
     """DESIGN §1: route match -> authenticate -> build headers -> stream upstream."""
     services = request.app[services_key]
@@ -117,12 +116,11 @@ async def proxy_request(request: web.Request, path: str, query: str) -> web.Stre
         forward_authorization=route.forward_authorization,
         peer=request.remote, scheme=request.scheme, host=request.headers.get("Host"),
         request_id=request[request_id_key])
-    url = URL(_origin(route) + upstream_target(route, path, query), encoded=True)
+    target = upstream_target(route, path, query)
     if websocket:
+        url = URL(upstream_endpoint(route)[0] + target, encoded=True)
         return await proxy_websocket(request, services, url, headers, claims)
-    assert services.session is not None  # noqa: S101 - created by the cleanup context
-    return await forward(request, services.session, url, headers,
-                         services.config.limits.max_body, services.metrics)
+    return await forward(request, services, route, target, headers)
 
 
 def build_revocation_store(config: Config, clock: Clock) -> RevocationStore:
@@ -173,9 +171,13 @@ async def _run_services(app: web.Application) -> AsyncIterator[None]:
     services = app[services_key]
     await services.revocations.start()
     services.session = create_client_session(services.config)
+    if services.config.upstream_client == "fast":
+        services.pool = create_upstream_pool(services.config)
     try:
         yield
     finally:
+        if services.pool is not None:
+            await services.pool.close()
         await services.session.close()
         await services.revocations.close()
         services.passwords.close()

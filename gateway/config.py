@@ -251,6 +251,7 @@ class Config(_Model):
     revocation: Revocation = Field(default_factory=Revocation)
     identity_header: str = "X-Auth-UserId"
     upstream_timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    upstream_client: Literal["fast", "aiohttp"] = "fast"
     limits: Limits = Field(default_factory=Limits)
     routes: tuple[Route, ...] = ()
     data_dir: Path = Path("./data")

@@ -1,14 +1,17 @@
 """Forward a request to its upstream and stream the answer back; map upstream failures.
 
-The upstream client never follows redirects, never decompresses, keeps no cookies and
-rebuilds framing itself (DESIGN §5). A failure before the answer starts becomes a JSON
-502/504; a failure after it started cuts the client connection, so the client sees an
+Two upstream clients do the same job: the lean pool of `gateway.upstream` (the default for
+plain-HTTP upstreams) and aiohttp's ClientSession (HTTPS upstreams, websockets, or
+`upstream_client: aiohttp`). Both never follow redirects, never decompress, keep no cookies
+and rebuild framing themselves (DESIGN §5). A failure before the answer starts becomes a
+JSON 502/504; a failure after it started cuts the client connection, so the client sees an
 incomplete message, never a complete-looking one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -21,16 +24,25 @@ from gateway.config import Config, Route
 from gateway.errors import PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
 from gateway.headers import filter_response_headers
 from gateway.observability import Metrics
+from gateway.services import Services
+from gateway.upstream import (
+    UpstreamFailure,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+    encode_request_head,
+)
 
 log = logging.getLogger(__name__)
 _BODYLESS_STATUSES = frozenset({204, 304})
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _CHUNK = 64 * 1024
 
 
 def create_client_session(config: Config) -> aiohttp.ClientSession:
-    """One pooled client per app: no redirects, no decompression, no cookie jar."""
+    """aiohttp's pooled client: no redirects, no decompression, no cookie jar."""
     timeouts = config.upstream_timeouts
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=15,
                                      ttl_dns_cache=10)
     return aiohttp.ClientSession(
         connector=connector,
@@ -45,17 +57,24 @@ def create_client_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-def upstream_origin(route: Route) -> str:
-    """`scheme://host[:port]` of a route's upstream (the base path goes in the target)."""
+def create_upstream_pool(config: Config) -> UpstreamPool:
+    timeouts = config.upstream_timeouts
+    return UpstreamPool(connect_timeout=timeouts.connect, read_timeout=timeouts.read)
+
+
+@functools.lru_cache(maxsize=1024)
+def upstream_endpoint(route: Route) -> tuple[str, tuple[str, int], str]:
+    """`(origin URL, (host, port), Host header)` of a route's upstream, computed once."""
     url = URL(route.upstream)
-    return str(url.origin())
+    host, port = url.raw_host or "", url.port or 80
+    return str(url.origin()), (host, port), url.raw_authority
 
 
 class _LimitedBody:
     """The request body, streamed and counted as it passes; over `max_body` stops it.
 
-    aiohttp's client wraps an error raised by a body generator in a connection error, so
-    `exceeded` tells the caller that the upstream failure was really a 413.
+    The upstream clients wrap an error raised by a body generator in their own errors,
+    so `exceeded` tells the caller that the upstream failure was really a 413.
     """
 
     def __init__(self, content: aiohttp.StreamReader, max_body: int) -> None:
@@ -73,17 +92,116 @@ class _LimitedBody:
             yield chunk
 
 
-async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL,
-                  headers: CIMultiDict[str], max_body: int,
-                  metrics: Metrics) -> web.StreamResponse:
+def _request_body(request: web.Request, headers: CIMultiDict[str],
+                  max_body: int) -> _LimitedBody | None:
+    """Check the declared length and set the gateway's own framing headers."""
+    if not request.body_exists:
+        if request.method in _METHODS_WITH_BODY:
+            headers["Content-Length"] = "0"
+        return None
+    if request.content_length is not None:
+        if request.content_length > max_body:
+            raise PayloadTooLargeError()
+        headers["Content-Length"] = str(request.content_length)
+    return _LimitedBody(request.content, max_body)
+
+
+async def forward(request: web.Request, services: Services, route: Route, target: str,
+                  headers: CIMultiDict[str]) -> web.StreamResponse:
     """Send the request upstream and stream the answer back to the client."""
-    body = None
-    if request.body_exists:
-        if request.content_length is not None:
-            if request.content_length > max_body:
-                raise PayloadTooLargeError()
-            headers["Content-Length"] = str(request.content_length)
-        body = _LimitedBody(request.content, max_body)
+    body = _request_body(request, headers, services.config.limits.max_body)
+    origin, address, host = upstream_endpoint(route)
+    pool = services.pool
+    if pool is not None and route.upstream.startswith("http://"):
+        return await _forward_with_pool(request, pool, address, host, target, headers, body,
+                                        services.metrics)
+    assert services.session is not None  # noqa: S101 - created by the cleanup context
+    url = URL(origin + target, encoded=True)
+    return await _forward_with_session(request, services.session, url, headers, body,
+                                       services.metrics)
+
+
+def _upstream_error(exc: BaseException, origin: object, metrics: Metrics) -> UpstreamError:
+    """Translate a failure before the answer started: timeout 504, else 502."""
+    if isinstance(exc, TimeoutError | UpstreamTimeout):  # ServerTimeoutError is both
+        metrics.upstream_errors.labels("timeout").inc()
+        return UpstreamTimeoutError()
+    metrics.upstream_errors.labels("connect").inc()
+    log.warning("upstream_failed upstream=%s error=%s", origin, type(exc).__name__)
+    return UpstreamError()
+
+
+async def _forward_with_pool(request: web.Request, pool: UpstreamPool,
+                             address: tuple[str, int], host: str, target: str,
+                             headers: CIMultiDict[str], body: _LimitedBody | None,
+                             metrics: Metrics) -> web.StreamResponse:
+    chunked = body is not None and "Content-Length" not in headers
+    if chunked:
+        headers["Transfer-Encoding"] = "chunked"
+    head = encode_request_head(request.method, target, host, headers.items())
+    try:
+        upstream = await pool.request(address, head, is_head=request.method == "HEAD",
+                                      body=body.chunks() if body else None, chunked=chunked)
+    except UpstreamFailure as exc:
+        if body is not None and body.exceeded:
+            raise PayloadTooLargeError() from exc
+        raise _upstream_error(exc, host, metrics) from exc
+    try:
+        return await _relay_from_pool(request, upstream, metrics)
+    finally:
+        upstream.release()
+
+
+async def _relay_from_pool(request: web.Request, upstream: UpstreamResponse,
+                           metrics: Metrics) -> web.StreamResponse:
+    raw_headers = CIMultiDict(upstream.headers)
+    headers = filter_response_headers(raw_headers)
+    status = upstream.status
+    if request.method == "HEAD" or status in _BODYLESS_STATUSES:
+        length = raw_headers.get("Content-Length")
+        return await _bodyless(request, status, headers,
+                               int(length) if length and status not in _BODYLESS_STATUSES
+                               else None)
+    if upstream.complete:  # the whole (small) body came with the headers: one write
+        return web.Response(status=status, headers=headers, body=upstream.read_buffered())
+    response = web.StreamResponse(status=status, headers=headers)
+    length = raw_headers.get("Content-Length")
+    if length is not None:
+        response.content_length = int(length)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.iter_chunks():
+            await response.write(chunk)
+    except UpstreamFailure as exc:
+        return _cut_short(request, response, exc, metrics)
+    await response.write_eof()
+    return response
+
+
+async def _bodyless(request: web.Request, status: int, headers: CIMultiDict[str],
+                    length: int | None) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers=headers)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def _cut_short(request: web.Request, response: web.StreamResponse, exc: BaseException,
+               metrics: Metrics) -> web.StreamResponse:
+    """The answer broke off upstream: cut the client connection so it cannot look whole."""
+    metrics.upstream_errors.labels("mid_body").inc()
+    log.warning("upstream_body_failed error=%s", type(exc).__name__)
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return response  # already sent in part: no error answer can follow it
+
+
+async def _forward_with_session(request: web.Request, session: aiohttp.ClientSession,
+                                url: URL, headers: CIMultiDict[str], body: _LimitedBody | None,
+                                metrics: Metrics) -> web.StreamResponse:
     try:
         upstream = await session.request(request.method, url, headers=headers,
                                          data=body.chunks() if body else None,
@@ -91,49 +209,30 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         if body is not None and body.exceeded:
             raise PayloadTooLargeError() from exc
-        raise _upstream_error(exc, url, metrics) from exc
+        raise _upstream_error(exc, url.origin(), metrics) from exc
     try:
-        return await _relay(request, upstream, metrics)
+        return await _relay_from_session(request, upstream, metrics)
     finally:
         upstream.release()
 
 
-def _upstream_error(exc: Exception, url: URL, metrics: Metrics) -> UpstreamError:
-    """Translate a client failure before the answer started: timeout 504, else 502."""
-    if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
-        metrics.upstream_errors.labels("timeout").inc()
-        return UpstreamTimeoutError()
-    metrics.upstream_errors.labels("connect").inc()
-    log.warning("upstream_failed url=%s error=%s", url.origin(), type(exc).__name__)
-    return UpstreamError()
-
-
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
-                 metrics: Metrics) -> web.StreamResponse:
+async def _relay_from_session(request: web.Request, upstream: aiohttp.ClientResponse,
+                              metrics: Metrics) -> web.StreamResponse:
+    headers = filter_response_headers(upstream.headers)
+    if request.method == "HEAD" or upstream.status in _BODYLESS_STATUSES:
+        length = (upstream.content_length
+                  if upstream.status not in _BODYLESS_STATUSES else None)
+        return await _bodyless(request, upstream.status, headers, length)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=filter_response_headers(upstream.headers))
-    has_body = request.method != "HEAD" and upstream.status not in _BODYLESS_STATUSES
-    if upstream.content_length is not None and upstream.status not in _BODYLESS_STATUSES:
+                                  headers=headers)
+    if upstream.content_length is not None:
         response.content_length = upstream.content_length
     await response.prepare(request)
-    if not has_body:
-        await response.write_eof()
-        return response
     try:
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
     except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        metrics.upstream_errors.labels("mid_body").inc()
-        log.warning("upstream_body_failed error=%s", type(exc).__name__)
         upstream.close()
-        _abort_client(request)
-        return response  # already sent in part: no error answer can follow it
+        return _cut_short(request, response, exc, metrics)
     await response.write_eof()
     return response
-
-
-def _abort_client(request: web.Request) -> None:
-    """Cut the client connection so a truncated answer cannot look complete."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()

@@ -13,12 +13,13 @@ from gateway.ratelimit import FailureLimiter
 from gateway.revocation import RevocationStore
 from gateway.routing import RouteTable
 from gateway.tokens import SigningKeys, TokenIssuer, TokenVerifier
+from gateway.upstream import UpstreamPool
 from gateway.users import PasswordChecker
 
 
 @dataclass(slots=True, eq=False)
 class Services:
-    """Everything a handler needs; `session` exists only while the app runs."""
+    """Everything a handler needs; `session` and `pool` exist only while the app runs."""
 
     config: Config
     clock: Clock
@@ -31,3 +32,4 @@ class Services:
     routes: RouteTable
     metrics: Metrics
     session: ClientSession | None = None
+    pool: UpstreamPool | None = None

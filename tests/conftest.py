@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -15,12 +16,13 @@ from gateway.app import create_app
 from gateway.config import Config, parse_config
 from gateway.demo import create_echo_app
 from gateway.revocation.memory import MemoryRevocationStore
-from gateway.users import hash_password
 from tests.fakes import FakeClock
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 PASSWORD = "correct horse battery staple"
-_HASH = hash_password(PASSWORD)
+# Cheap argon2id parameters keep the suite fast; the cost lives in the hash itself, so the
+# gateway's code path is the same as with the production defaults.
+_HASH = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 ConfigFactory = Callable[..., Config]
@@ -70,11 +72,19 @@ def base_config_data(upstream: str, tmp_path: Path, **overrides: Any) -> dict[st
 
 
 @pytest.fixture
-def make_config(echo_upstream: TestServer, tmp_path: Path) -> ConfigFactory:
+def upstream_client() -> str:
+    """Which upstream client the gateway uses; proxy tests run against both."""
+    return "fast"
+
+
+@pytest.fixture
+def make_config(echo_upstream: TestServer, tmp_path: Path,
+                upstream_client: str) -> ConfigFactory:
     """Build a Config pointing at the echo upstream; keyword arguments replace sections."""
     upstream = str(echo_upstream.make_url("")).rstrip("/")
 
     def build(**overrides: Any) -> Config:
+        overrides.setdefault("upstream_client", upstream_client)
         return parse_config(base_config_data(upstream, tmp_path, **overrides), {}, tmp_path)
 
     return build

@@ -19,6 +19,13 @@ from tests.conftest import ConfigFactory, GatewayFactory, bearer, login
 from tests.fakes import FakeClock
 
 Client = TestClient[Any, Any]
+
+
+@pytest.fixture(params=["fast", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    """Every proxy rule holds with both upstream clients."""
+    value: str = request.param
+    return value
 RawUpstream = Callable[[bytes], Awaitable[str]]
 
 

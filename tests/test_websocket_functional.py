@@ -14,6 +14,13 @@ from tests.fakes import FakeClock
 Client = TestClient[Any, Any]
 
 
+@pytest.fixture(params=["fast", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    """Every proxy rule holds with both upstream clients."""
+    value: str = request.param
+    return value
+
+
 async def test_websocket_relays_frames_with_injected_identity(gateway: Client) -> None:
     """An authenticated upgrade reaches upstream with identity, and frames flow both ways."""
     token = await login(gateway)
