@@ -8,6 +8,7 @@ checked against a dummy hash so that answer and timing match a wrong password.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Mapping
@@ -89,13 +90,19 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password, made once per process, checked for unknown users."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
 class PasswordChecker:
     """Checks credentials off the event loop, with bounded parallelism (argon2 uses ~64 MiB)."""
 
     def __init__(self, store: CredentialStore, workers: int = 2) -> None:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
-        self._dummy_hash = hash_password(secrets.token_urlsafe(24))
+        self._dummy_hash = _dummy_hash()
 
     async def check(self, username: str, password: str) -> bool:
         """True only for a known user with the right password; same cost either way."""
