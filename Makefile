@@ -30,8 +30,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 
-## bench: the benchmark (not part of the tests)
+## bench: the benchmark (not part of the tests): wrk from Debian when missing, matplotlib
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	command -v wrk >/dev/null || { apt-get update && apt-get install -y wrk; }
 	$(BIN)/python -m bench
 
 clean:

@@ -26,6 +26,7 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import cast
 
 import httptools
 
@@ -84,8 +85,8 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP only
-        self.transport = transport
+        # uvloop's TCP transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
