@@ -15,12 +15,7 @@ from gateway.config import Config, Secret
 from gateway.errors import MethodNotAllowedError, NotFoundError
 from gateway.headers import build_upstream_headers
 from gateway.keys import request_id_key, services_key
-from gateway.middleware import (
-    add_request_id_header,
-    error_middleware,
-    metrics_middleware,
-    request_id_middleware,
-)
+from gateway.middleware import with_request_handling
 from gateway.observability import METRICS_CONTENT_TYPE, Metrics
 from gateway.proxy import (
     create_client_session,
@@ -54,7 +49,6 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
     services = request.app[services_key]
-    services.metrics.revocation_entries.set(len(getattr(services.revocations, "cache", ())))
     return web.Response(body=services.metrics.render(),
                         headers={"Content-Type": METRICS_CONTENT_TYPE})
 
@@ -154,15 +148,14 @@ def create_app(config: Config, *, clock: Clock = time.time, secret: Secret | Non
         login_limiter=FailureLimiter(config.login_limit.max_failures,
                                      config.login_limit.window, clock),
         routes=RouteTable(config.routes),
-        metrics=Metrics.create(),
+        metrics=Metrics(),
     )
-    app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
-    )
+    app = web.Application()
     app[services_key] = services
-    app.on_response_prepare.append(add_request_id_header)
+    services.metrics.revocation_entries = lambda: len(getattr(store, "cache", ()))
     app.cleanup_ctx.append(_run_services)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines too
+    # One route for every path (newlines too); dispatch() serves or proxies it.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", with_request_handling(dispatch))
     return app
 
 

@@ -35,16 +35,16 @@ async def login(request: web.Request) -> web.Response:
     limit_keys = (f"user:{username}", f"addr:{peer}")
     retry_after = services.login_limiter.retry_after(*limit_keys)
     if retry_after is not None:
-        services.metrics.logins.labels("rate_limited").inc()
+        services.metrics.logins["rate_limited"] += 1
         raise RateLimitedError(retry_after)
     if not await services.passwords.check(username, password):
         services.login_limiter.record_failure(*limit_keys)
-        services.metrics.logins.labels("failed").inc()
+        services.metrics.logins["failed"] += 1
         log.info("login_failed user_fp=%s peer=%s", fingerprint(username), peer)
         raise BadCredentialsError()
     services.login_limiter.reset(limit_keys[0])
     token, claims = services.issuer.issue(username)
-    services.metrics.logins.labels("succeeded").inc()
+    services.metrics.logins["succeeded"] += 1
     log.info("login_succeeded user=%s jti=%s peer=%s", username, claims.token_id, peer)
     return web.Response(
         body=json.dumps({"token": token}).encode(),
@@ -100,7 +100,7 @@ async def logout(request: web.Request) -> web.Response:
     claims = verify_bearer(services, request.headers)
     await services.revocations.revoke_token(
         claims.token_id, claims.expires_at + services.config.tokens.leeway)
-    services.metrics.revocations.labels("token").inc()
+    services.metrics.revocations["token"] += 1
     log.info("logout user=%s jti=%s", claims.subject, claims.token_id)
     return web.Response(status=204)
 
@@ -112,7 +112,7 @@ async def logout_all(request: web.Request) -> web.Response:
     now = issue_time(services.clock())
     lifetime = services.config.tokens.ttl + services.config.tokens.leeway
     await services.revocations.revoke_subject(subject, now, now + lifetime)
-    services.metrics.revocations.labels("subject").inc()
+    services.metrics.revocations["subject"] += 1
     log.info("logout_all user=%s peer=%s", subject, request.remote)
     return web.Response(status=204)
 

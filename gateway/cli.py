@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config, Secret, load_config
 from gateway.errors import ConfigError
-from gateway.observability import AccessLogger, configure_logging
+from gateway.observability import access_logger_class, configure_logging
 
 log = logging.getLogger("gateway")
 EXIT_CONFIG = 2
@@ -161,7 +161,8 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(create_app(config, secret=secret), access_log_class=AccessLogger,
+    runner = web.AppRunner(create_app(config, secret=secret),
+                           access_log_class=access_logger_class(config.access_log),
                            handle_signals=False, shutdown_timeout=30.0)
     try:
         await runner.setup()

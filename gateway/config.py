@@ -256,6 +256,7 @@ class Config(_Model):
     routes: tuple[Route, ...] = ()
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: Literal["all", "errors", "off"] = "errors"
 
     @field_validator("identity_header")
     @classmethod

@@ -1,12 +1,13 @@
-"""The middleware stack: request id, metrics/timing, and the one place errors become JSON."""
+"""What every request gets around its handler: a request id, errors as JSON, metrics."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -16,41 +17,18 @@ from gateway.keys import request_id_key, services_key
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "request_timeout", 411: "length_required",
                413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
                431: "headers_too_large"}
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Keep a well-formed client X-Request-Id, else make one; it is logged and forwarded."""
-    incoming = request.headers.get("X-Request-Id", "")
-    request[request_id_key] = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    return await handler(request)
-
-
-async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer, proxied or local, carries the request id."""
-    request_id = request.get(request_id_key)
-    if request_id is not None:
-        response.headers["X-Request-Id"] = request_id
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every answer by status and time it."""
-    metrics = request.app[services_key].metrics
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        metrics.requests.labels("all", str(status)).inc()
-        metrics.duration.labels("all").observe(time.perf_counter() - started)
+def new_request_id() -> str:
+    """Unique per process and cheap: a random per-process prefix and a counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 def error_response(status: int, code: str, message: str,
@@ -63,20 +41,47 @@ def error_response(status: int, code: str, message: str,
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every GatewayError, aiohttp HTTP error or surprise into a JSON answer."""
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        return error_response(exc.status, exc.code, exc.message, dict(exc.headers()))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(exc.status, code, exc.reason, headers)
-    except Exception:
-        log.exception("internal_error method=%s path=%s request_id=%s", request.method,
-                      request.raw_path.partition("?")[0][:256], request.get(request_id_key))
-        return error_response(500, "internal_error", "The gateway failed to handle the request.")
+def with_request_handling(handler: Handler) -> Handler:
+    """Wrap the gateway's one handler with everything every request gets, in order:
+
+    1. a request id (a well-formed client `X-Request-Id` is kept), answered and forwarded;
+    2. errors -> JSON: every GatewayError, aiohttp HTTP error or surprise becomes
+       `{"error", "message"}` (this is the only place that writes that body);
+    3. metrics: every answer counted by status and timed.
+
+    One wrapper rather than an aiohttp middleware stack: with a single catch-all route,
+    each middleware layer would only add a coroutine frame and a wrapper per request.
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-Id")
+        request_id = (incoming if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
+                      else new_request_id())
+        request[request_id_key] = request_id
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            response = error_response(exc.status, exc.code, exc.message, dict(exc.headers()))
+        except web.HTTPException as exc:
+            response = _http_exception_response(exc)
+        except Exception:
+            log.exception("internal_error method=%s path=%s request_id=%s", request.method,
+                          request.raw_path.partition("?")[0][:256], request_id)
+            response = error_response(500, "internal_error",
+                                      "The gateway failed to handle the request.")
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
+        request.app[services_key].metrics.observe(response.status,
+                                                  time.perf_counter() - started)
+        return response
+
+    return handle
+
+
+def _http_exception_response(exc: web.HTTPException) -> web.StreamResponse:
+    if exc.status < 400:
+        return exc
+    code = _HTTP_CODES.get(exc.status, "http_error")
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    return error_response(exc.status, code, exc.reason, headers)

@@ -1,72 +1,108 @@
-"""Logging set-up, Prometheus metrics, the access log, and /healthz /readyz /metrics."""
+"""Logging set-up, metrics, the access log, and what /metrics exposes.
+
+The hot path only bumps plain counters; prometheus_client turns them into the exposition
+format at scrape time (a custom collector), so no metric costs a lock or a label lookup
+per request.
+"""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+AccessLogMode = Literal["all", "errors", "off"]
 
 
 def configure_logging(level: str) -> None:
     """Log lines `event key=value` to stderr."""
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT, force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Metrics:
-    """The gateway's Prometheus metrics, in a registry of their own (one per app)."""
+    """Counters the gateway bumps as it works; rendered for Prometheus on demand."""
 
-    registry: CollectorRegistry
-    requests: Counter
-    duration: Histogram
-    logins: Counter
-    revocations: Counter
-    upstream_errors: Counter
-    revocation_entries: Gauge
+    def __init__(self) -> None:
+        self.requests: Counter[int] = Counter()
+        self.logins: Counter[str] = Counter()
+        self.revocations: Counter[str] = Counter()
+        self.upstream_errors: Counter[str] = Counter()
+        self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self._duration_sum = 0.0
+        self.revocation_entries: Callable[[], int] = lambda: 0
 
-    @classmethod
-    def create(cls) -> Metrics:
-        registry = CollectorRegistry()
-        return cls(
-            registry=registry,
-            requests=Counter("gateway_requests", "Requests answered, by kind and status.",
-                             ["kind", "status"], registry=registry),
-            duration=Histogram("gateway_request_duration_seconds",
-                               "Time from request to response headers.", ["kind"],
-                               registry=registry,
-                               buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
-                                        .5, 1, 2.5, 5, 10)),
-            logins=Counter("gateway_logins", "Login attempts by result.", ["result"],
-                           registry=registry),
-            revocations=Counter("gateway_revocations", "Revocations stored, by kind.",
-                                ["kind"], registry=registry),
-            upstream_errors=Counter("gateway_upstream_errors",
-                                    "Upstream failures, by kind.", ["kind"],
-                                    registry=registry),
-            revocation_entries=Gauge("gateway_revocation_cache_entries",
-                                     "Live revocations held in this process.",
-                                     registry=registry),
-        )
+    def observe(self, status: int, seconds: float) -> None:
+        """One answered request: its status and how long it took."""
+        self.requests[status] += 1
+        self._buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self._duration_sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client collector protocol."""
+        requests = CounterMetricFamily("gateway_requests", "Requests answered, by status.",
+                                       labels=["status"])
+        for status, count in sorted(self.requests.items()):
+            requests.add_metric([str(status)], count)
+        yield requests
+        yield self._histogram()
+        for name, text, label, counts in (
+                ("gateway_logins", "Login attempts by result.", "result", self.logins),
+                ("gateway_revocations", "Revocations stored, by kind.", "kind",
+                 self.revocations),
+                ("gateway_upstream_errors", "Upstream failures, by kind.", "kind",
+                 self.upstream_errors)):
+            family = CounterMetricFamily(name, text, labels=[label])
+            for key, count in sorted(counts.items()):
+                family.add_metric([key], count)
+            yield family
+        yield GaugeMetricFamily("gateway_revocation_cache_entries",
+                                "Live revocations held in this process.",
+                                value=self.revocation_entries())
+
+    def _histogram(self) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self._buckets, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+        return HistogramMetricFamily("gateway_request_duration_seconds",
+                                     "Time to answer a request.", buckets=cumulative,
+                                     sum_value=self._duration_sum)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry)
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: no query string (it may carry secrets), never a header."""
+    """One line per request: no query string (it may carry secrets), never a header.
+
+    `access_log: errors` (the default) logs only answers of 400 and above, so the success
+    path formats nothing.
+    """
+
+    mode: AccessLogMode = "errors"
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if self.mode == "errors" and response.status < 400:
+            return
         self.logger.info(
             "request method=%s path=%s status=%s duration_ms=%.2f peer=%s request_id=%s",
             request.method, request.raw_path.partition("?")[0][:256], response.status,
@@ -74,4 +110,9 @@ class AccessLogger(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+        return self.mode != "off" and self.logger.isEnabledFor(logging.INFO)
+
+
+def access_logger_class(mode: AccessLogMode) -> type[AccessLogger]:
+    """An AccessLogger subclass fixed to `mode` (aiohttp instantiates the class itself)."""
+    return type("ConfiguredAccessLogger", (AccessLogger,), {"mode": mode})

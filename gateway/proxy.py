@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import Config, Route
 from gateway.errors import PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
 from gateway.headers import filter_response_headers
+from gateway.keys import request_id_key
 from gateway.observability import Metrics
 from gateway.services import Services
 from gateway.upstream import (
@@ -124,9 +125,9 @@ async def forward(request: web.Request, services: Services, route: Route, target
 def _upstream_error(exc: BaseException, origin: object, metrics: Metrics) -> UpstreamError:
     """Translate a failure before the answer started: timeout 504, else 502."""
     if isinstance(exc, TimeoutError | UpstreamTimeout):  # ServerTimeoutError is both
-        metrics.upstream_errors.labels("timeout").inc()
+        metrics.upstream_errors["timeout"] += 1
         return UpstreamTimeoutError()
-    metrics.upstream_errors.labels("connect").inc()
+    metrics.upstream_errors["connect"] += 1
     log.warning("upstream_failed upstream=%s error=%s", origin, type(exc).__name__)
     return UpstreamError()
 
@@ -152,10 +153,18 @@ async def _forward_with_pool(request: web.Request, pool: UpstreamPool,
         upstream.release()
 
 
+def _response_headers(request: web.Request, upstream: CIMultiDict[str] | CIMultiDictProxy[str]
+                      ) -> CIMultiDict[str]:
+    """The upstream's answer headers as the client gets them, with the request id."""
+    headers = filter_response_headers(upstream)
+    headers["X-Request-Id"] = request[request_id_key]
+    return headers
+
+
 async def _relay_from_pool(request: web.Request, upstream: UpstreamResponse,
                            metrics: Metrics) -> web.StreamResponse:
     raw_headers = CIMultiDict(upstream.headers)
-    headers = filter_response_headers(raw_headers)
+    headers = _response_headers(request, raw_headers)
     status = upstream.status
     if request.method == "HEAD" or status in _BODYLESS_STATUSES:
         length = raw_headers.get("Content-Length")
@@ -191,7 +200,7 @@ async def _bodyless(request: web.Request, status: int, headers: CIMultiDict[str]
 def _cut_short(request: web.Request, response: web.StreamResponse, exc: BaseException,
                metrics: Metrics) -> web.StreamResponse:
     """The answer broke off upstream: cut the client connection so it cannot look whole."""
-    metrics.upstream_errors.labels("mid_body").inc()
+    metrics.upstream_errors["mid_body"] += 1
     log.warning("upstream_body_failed error=%s", type(exc).__name__)
     transport = request.transport
     if transport is not None:
@@ -218,7 +227,7 @@ async def _forward_with_session(request: web.Request, session: aiohttp.ClientSes
 
 async def _relay_from_session(request: web.Request, upstream: aiohttp.ClientResponse,
                               metrics: Metrics) -> web.StreamResponse:
-    headers = filter_response_headers(upstream.headers)
+    headers = _response_headers(request, upstream.headers)
     if request.method == "HEAD" or upstream.status in _BODYLESS_STATUSES:
         length = (upstream.content_length
                   if upstream.status not in _BODYLESS_STATUSES else None)

@@ -56,6 +56,7 @@ def base_config_data(upstream: str, tmp_path: Path, **overrides: Any) -> dict[st
         "tokens": {"secret": TEST_SECRET, "ttl": "1h", "leeway": "30s"},
         "users": {"inline": {"marco": _HASH, "alice": _HASH}},
         "revocation": {"store": "memory"},
+        "access_log": "all",
         "data_dir": str(tmp_path / "data"),
         "upstream_timeouts": {"connect": "2s", "read": "1s"},
         "limits": {"max_body": "64KiB"},
