@@ -11,7 +11,6 @@ incomplete message, never a complete-looking one.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -63,12 +62,21 @@ def create_upstream_pool(config: Config) -> UpstreamPool:
     return UpstreamPool(connect_timeout=timeouts.connect, read_timeout=timeouts.read)
 
 
-@functools.lru_cache(maxsize=1024)
+_ENDPOINTS: dict[int, tuple[Route, tuple[str, tuple[str, int], str]]] = {}
+
+
 def upstream_endpoint(route: Route) -> tuple[str, tuple[str, int], str]:
-    """`(origin URL, (host, port), Host header)` of a route's upstream, computed once."""
-    url = URL(route.upstream)
-    host, port = url.raw_host or "", url.port or 80
-    return str(url.origin()), (host, port), url.raw_authority
+    """`(origin URL, (host, port), Host header)` of a route's upstream, computed once.
+
+    Keyed by identity: hashing a pydantic model on every request costs more than the rest
+    of the lookup; the route itself is kept alongside so its id cannot be reused.
+    """
+    entry = _ENDPOINTS.get(id(route))
+    if entry is None or entry[0] is not route:
+        url = URL(route.upstream)
+        endpoint = (str(url.origin()), (url.raw_host or "", url.port or 80), url.raw_authority)
+        entry = _ENDPOINTS[id(route)] = (route, endpoint)
+    return entry[1]
 
 
 class _LimitedBody:

@@ -34,6 +34,8 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _HIGH_WATER = 256 * 1024
 _IDLE_TIMEOUT = 15.0
 _MAX_IDLE_PER_ORIGIN = 512
+MAX_HEADERS = 128
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class UpstreamFailure(Exception):
@@ -61,7 +63,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._parser: httptools.HttpResponseParser | None = None
+        # One parser per connection: llhttp starts on the next answer by itself.
+        self._parser = httptools.HttpResponseParser(self)
+        self._active = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused_writing = False
@@ -76,12 +80,14 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.headers_done = False
         self.message_done = False
+        self.until_close = False
         self.error: UpstreamFailure | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.reusable = False
         self._length_headers = 0
-        self._transfer_encoding: str | None = None
+        self._transfer_encodings: list[str] = []
+        self._header_bytes = 0
 
     # asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,8 +96,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._parser is not None and not self.message_done and self.error is None:
-            self.error = UpstreamProtocolError("the upstream closed the connection mid-answer")
+        if self._active and not self.message_done and self.error is None:
+            if self.headers_done and self.until_close:
+                self._complete(reusable=False)  # a body delimited by the close (RFC 9112 §6.3)
+            else:
+                self.error = UpstreamProtocolError(
+                    "the upstream closed the connection mid-answer")
         self._wake()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(UpstreamProtocolError("connection lost"))
@@ -106,7 +116,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self._loop.time()
-        if self._parser is None:  # bytes nobody asked for: the connection is unusable
+        if not self._active:  # bytes nobody asked for: the connection is unusable
             self.error = UpstreamProtocolError("unexpected bytes from the upstream")
             self.abort()
             return
@@ -124,38 +134,54 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.headers_done:
+            # SECURITY: a second answer to one request (response splitting or a desynced
+            # upstream) must never replace or follow the real one.
+            raise UpstreamProtocolError("the upstream sent more than one answer")
         self.headers = []
         self._length_headers = 0
-        self._transfer_encoding = None
+        self._transfer_encodings = []
+        self._header_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer field (RFC 9110 §6.5.1): never merged into the headers
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES or len(self.headers) >= MAX_HEADERS:
+            raise UpstreamProtocolError("the upstream's answer headers are too large")
         lower = name.lower()
         if lower == b"content-length":
             self._length_headers += 1
         elif lower == b"transfer-encoding":
-            self._transfer_encoding = value.decode("latin-1").strip().lower()
+            self._transfer_encodings.append(value.decode("latin-1"))
         self.headers.append((name.decode("utf-8", "surrogateescape"),
                              value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None  # noqa: S101 - set while a request is out
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # interim answer (100 Continue, 103 Early Hints): wait for the final one
-        # SECURITY: RFC 9112 §6.3 - ambiguous framing is how responses get smuggled.
+        bodyless = self.head or status in _NO_BODY_STATUSES  # no body: framing is moot
+        if not bodyless:
+            self._check_framing()  # before headers_done: a refused answer never starts
+        self.status = status
+        self.headers_done = True
+        if bodyless:
+            self._complete(reusable=not self.head and self._parser.should_keep_alive())
+        self._wake()
+
+    def _check_framing(self) -> None:
+        """SECURITY: RFC 9112 §6.3 - ambiguous framing is how answers get smuggled."""
         if self._length_headers > 1:
             raise UpstreamProtocolError("the upstream sent more than one Content-Length")
-        if self._transfer_encoding is not None:
+        if self._transfer_encodings:
             if self._length_headers:
                 raise UpstreamProtocolError("the upstream sent Content-Length and "
                                             "Transfer-Encoding")
-            if self._transfer_encoding != "chunked":
+            codings = ",".join(self._transfer_encodings).replace(" ", "").lower()
+            if codings != "chunked":
                 raise UpstreamProtocolError("unsupported Transfer-Encoding from the upstream")
-        self.status = status
-        self.headers_done = True
-        if self.head or status in _NO_BODY_STATUSES:
-            self._complete(reusable=not self.head and self._parser.should_keep_alive())
-        self._wake()
+        self.until_close = not self._length_headers and not self._transfer_encodings
 
     def on_body(self, body: bytes) -> None:
         if self.message_done:
@@ -169,7 +195,6 @@ class _Connection(asyncio.Protocol):
             return  # the end of an interim 1xx answer
         if self.message_done:
             return
-        assert self._parser is not None  # noqa: S101
         self._complete(reusable=self._parser.should_keep_alive())
 
     # internals --------------------------------------------------------------------------
@@ -197,7 +222,14 @@ class _Connection(asyncio.Protocol):
         self._last_data = self._loop.time()
 
     def _on_timer(self) -> None:
+        """Fire the read timeout, or re-arm for what is left of it.
+
+        The timer stays armed across requests on a busy connection rather than being
+        created and cancelled per request: it only checks the time of the last byte.
+        """
         self._timer = None
+        if not self._active or self.closed or self._waiter is None:
+            return  # nobody waits (a slow reader is not a silent upstream); wait() re-arms
         remaining = self._last_data + self._read_timeout - self._loop.time()
         if remaining > 0:
             self._timer = self._loop.call_later(remaining, self._on_timer)
@@ -216,8 +248,6 @@ class _Connection(asyncio.Protocol):
             await self._waiter
         finally:
             self._waiter = None
-        if self.error is not None:
-            raise self.error
 
     def stop_timer(self) -> None:
         if self._timer is not None:
@@ -227,13 +257,12 @@ class _Connection(asyncio.Protocol):
     def begin(self, head: bool) -> None:
         """Prepare to parse the answer to a request about to be sent."""
         self._reset_response(head)
-        self._parser = httptools.HttpResponseParser(self)
+        self._active = True
         self._last_data = self._loop.time()
 
     def finish(self) -> None:
         """The answer was consumed: forget the parser, resume reading for close detection."""
-        self._parser = None
-        self.stop_timer()
+        self._active = False
         if self._paused_reading and self.transport is not None and not self.closed:
             self._paused_reading = False
             self.transport.resume_reading()
@@ -302,7 +331,7 @@ class UpstreamResponse:
                 yield chunk
                 continue
             if conn.message_done:
-                return
+                return  # complete, even if junk followed it (the connection is closed then)
             await conn.wait()
 
     def release(self) -> None:
@@ -311,9 +340,11 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
-        body_sent = self._body_task is None or self._body_task.done()
-        if self._body_task is not None and not self._body_task.done():
-            self._body_task.cancel()
+        task = self._body_task
+        body_sent = task is None or (task.done() and not task.cancelled()
+                                     and task.exception() is None)
+        if task is not None and not task.done():
+            task.cancel()
         conn.finish()
         if conn.message_done and conn.reusable and body_sent and not conn.closed \
                 and not conn.chunks:
@@ -347,7 +378,7 @@ class UpstreamPool:
                 body_task.add_done_callback(conn.wake)
             while not conn.headers_done:
                 _raise_if_failed(body_task)
-                await conn.wait()
+                await conn.wait()  # raises the connection's error, if any, before waiting
         except BaseException:
             if body_task is not None:
                 body_task.cancel()
