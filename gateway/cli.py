@@ -180,10 +180,23 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
                  _bound_port(runner) or config.listen.port, os.getpid(),
                  config.revocation.store)
         _tune_gc()
+        watcher = asyncio.create_task(_stop_when_orphaned(stop)) if reuse_port else None
         await stop.wait()
+        if watcher is not None:
+            watcher.cancel()
         log.info("shutting_down pid=%s", os.getpid())
     finally:
         await runner.cleanup()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A supervised worker drains and exits once its supervisor is gone (even after a
+    kill -9 of the supervisor), rather than serve on with stale configuration."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event exists for a parent's death
+        await asyncio.sleep(0.5)
+    log.warning("supervisor_gone pid=%s; shutting down", os.getpid())
+    stop.set()
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -95,14 +95,13 @@ class SqliteRevocationStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="revocation-db")
         now = self._clock()
         try:
-            rows, last_seq = await self._run(partial(self._open_and_load, now))
+            last_seq = await self._run(partial(self._open_and_load, now))
         except (OSError, sqlite3.Error) as exc:
             await self.close()
             self._status = StoreStatus(ready=False, detail=f"open failed: {exc}")
             logger.error("revocation_store_open_failed path=%s error=%s", self.path, exc)
             raise StoreOpenError(self.path, str(exc)) from exc
         self._last_seq = last_seq
-        self._apply(rows, now)
         self._mark_synced()
         logger.info(
             "revocation_store_opened path=%s live=%d last_seq=%d",
@@ -240,17 +239,21 @@ class SqliteRevocationStore:
 
     # -- executor-thread side: the only code that touches the connection --------------
 
-    def _open_and_load(self, now: float) -> tuple[list[Row], int]:
-        """Open the db and read every live row up to the current end of the feed."""
+    def _open_and_load(self, now: float) -> int:
+        """Open the db and load every live row up to the current end of the feed.
+
+        Rows are applied straight from the cursor (the cache is not shared before start()
+        returns): a fetchall() of a million rows would double the start-up memory.
+        """
         self._conn = _connect(self.path, self._busy_timeout)
         (last_seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations").fetchone()
         # Rows after last_seq are left to the follower, so none is read twice or missed.
-        rows: list[Row] = self._conn.execute(
+        self._apply(self._conn.execute(
             "SELECT seq, kind, key, cutoff, expires_at FROM revocations"
             " WHERE expires_at > ? AND seq <= ? ORDER BY seq",
             (now, last_seq),
-        ).fetchall()
-        return rows, int(last_seq)
+        ), now)
+        return int(last_seq)
 
     def _read_since(self, last_seq: int) -> list[Row]:
         rows: list[Row] = (
