@@ -31,41 +31,39 @@ from gateway.tokens import Claims, TokenIssuer, TokenVerifier, load_signing_keys
 from gateway.users import CredentialStore, PasswordChecker, build_credentials
 from gateway.websocket import is_websocket_upgrade, proxy_websocket
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LocalHandler = Callable[[web.BaseRequest, Services], Awaitable[web.StreamResponse]]
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.BaseRequest, services: Services) -> web.Response:
     """The process is alive and serving."""
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(request: web.BaseRequest, services: Services) -> web.Response:
     """Ready when the revocation store is usable; 503 with the reason otherwise."""
-    status = request.app[services_key].revocations.status()
+    status = services.revocations.status()
     body = {"status": "ready" if status.ready else "not_ready", "revocations": status.detail}
     return web.json_response(body, status=200 if status.ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.BaseRequest, services: Services) -> web.Response:
     """Prometheus text exposition."""
-    services = request.app[services_key]
     return web.Response(body=services.metrics.render(),
                         headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-async def jwks(request: web.Request) -> web.Response:
+async def jwks(request: web.BaseRequest, services: Services) -> web.Response:
     """Public verification keys (RFC 7517); empty for shared-secret algorithms."""
-    return web.json_response(request.app[services_key].keys.jwks())
+    return web.json_response(services.keys.jwks())
 
 
-async def verify(request: web.Request) -> web.Response:
+async def verify(request: web.BaseRequest, services: Services) -> web.Response:
     """Forward-auth for other proxies: 204 with the identity header for a valid token."""
-    services = request.app[services_key]
     claims = authenticate(services, request.headers)
     return web.Response(status=204, headers={services.config.identity_header: claims.subject})
 
 
-LOCAL_ENDPOINTS: dict[str, tuple[frozenset[str], Handler]] = {
+LOCAL_ENDPOINTS: dict[str, tuple[frozenset[str], LocalHandler]] = {
     "/user/login": (frozenset({"POST"}), auth_api.login),
     "/user/logout": (frozenset({"POST"}), auth_api.logout),
     "/user/logout_all": (frozenset({"POST"}), auth_api.logout_all),
@@ -77,21 +75,21 @@ LOCAL_ENDPOINTS: dict[str, tuple[frozenset[str], Handler]] = {
 }
 
 
-async def dispatch(request: web.Request) -> web.StreamResponse:
-    """The one route: normalise the path, then serve it locally or proxy it."""
+async def dispatch(request: web.BaseRequest, services: Services) -> web.StreamResponse:
+    """Every request: normalise the path, then serve it locally or proxy it."""
     path, query = normalise_path(request.raw_path)
     local = LOCAL_ENDPOINTS.get(path)
     if local is not None:
         methods, handler = local
         if request.method not in methods:
             raise MethodNotAllowedError(", ".join(sorted(methods)))
-        return await handler(request)
-    return await proxy_request(request, path, query)
+        return await handler(request, services)
+    return await proxy_request(request, services, path, query)
 
 
-async def proxy_request(request: web.Request, path: str, query: str) -> web.StreamResponse:
+async def proxy_request(request: web.BaseRequest, services: Services, path: str,
+                        query: str) -> web.StreamResponse:
     """DESIGN §1: route match -> authenticate -> build headers -> stream upstream."""
-    services = request.app[services_key]
     route = services.routes.match(path)
     if route is None:
         raise NotFoundError()
@@ -109,7 +107,7 @@ async def proxy_request(request: web.Request, path: str, query: str) -> web.Stre
         identity_header=services.config.identity_header,
         forward_authorization=route.forward_authorization,
         peer=request.remote, scheme=request.scheme, host=request.headers.get("Host"),
-        request_id=request[request_id_key])
+        request_id=request[request_id_key], websocket=websocket)
     target = upstream_target(route, path, query)
     if websocket:
         url = URL(upstream_endpoint(route)[0] + target, encoded=True)
@@ -133,10 +131,59 @@ def build_revocation_store(config: Config, clock: Clock) -> RevocationStore:
     return SqliteRevocationStore(rev.path, clock=clock, sync_interval=rev.sync_interval)
 
 
-def create_app(config: Config, *, clock: Clock = time.time, secret: Secret | None = None,
-               revocations: RevocationStore | None = None,
-               credentials: CredentialStore | None = None) -> web.Application:
-    """Build the gateway app; parts not passed in are built from `config`."""
+class Gateway:
+    """The gateway's parts and its one request handler.
+
+    `handle` serves every request; `start()`/`close()` open and close the revocation store
+    and the upstream clients. `gateway serve` runs `handle` on aiohttp's low-level server
+    (no router, no middleware layers: the gateway routes by itself); `application()` wraps
+    the same handler in a `web.Application` for embedding and for tests.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+        async def handle_one(request: web.BaseRequest) -> web.StreamResponse:
+            return await dispatch(request, services)
+
+        self.handle = with_request_handling(handle_one, services.metrics)
+
+    async def start(self) -> None:
+        services = self.services
+        await services.revocations.start()
+        services.session = create_client_session(services.config)
+        if services.config.upstream_client == "fast":
+            services.pool = create_upstream_pool(services.config)
+
+    async def close(self) -> None:
+        services = self.services
+        if services.pool is not None:
+            await services.pool.close()
+        if services.session is not None:
+            await services.session.close()
+        await services.revocations.close()
+        services.passwords.close()
+
+    def application(self) -> web.Application:
+        app = web.Application()
+        app[services_key] = self.services
+        app.cleanup_ctx.append(self._lifecycle)
+        # One route for every path (newlines too); dispatch() serves or proxies it.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)
+        return app
+
+    async def _lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+
+def create_gateway(config: Config, *, clock: Clock = time.time, secret: Secret | None = None,
+                   revocations: RevocationStore | None = None,
+                   credentials: CredentialStore | None = None) -> Gateway:
+    """Build the gateway; parts not passed in are built from `config`."""
     keys = load_signing_keys(config.tokens, secret or config.tokens.secret)
     store = revocations if revocations is not None else build_revocation_store(config, clock)
     services = Services(
@@ -150,29 +197,13 @@ def create_app(config: Config, *, clock: Clock = time.time, secret: Secret | Non
         routes=RouteTable(config.routes),
         metrics=Metrics(),
     )
-    app = web.Application()
-    app[services_key] = services
     services.metrics.revocation_entries = lambda: len(getattr(store, "cache", ()))
-    app.cleanup_ctx.append(_run_services)
-    # One route for every path (newlines too); dispatch() serves or proxies it.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", with_request_handling(dispatch))
-    return app
+    return Gateway(services)
 
 
-async def _run_services(app: web.Application) -> AsyncIterator[None]:
-    """Start the revocation store and the upstream client; close both on shutdown."""
-    services = app[services_key]
-    await services.revocations.start()
-    services.session = create_client_session(services.config)
-    if services.config.upstream_client == "fast":
-        services.pool = create_upstream_pool(services.config)
-    try:
-        yield
-    finally:
-        if services.pool is not None:
-            await services.pool.close()
-        await services.session.close()
-        await services.revocations.close()
-        services.passwords.close()
-
-
+def create_app(config: Config, *, clock: Clock = time.time, secret: Secret | None = None,
+               revocations: RevocationStore | None = None,
+               credentials: CredentialStore | None = None) -> web.Application:
+    """The gateway as a `web.Application` (see `Gateway.application`)."""
+    return create_gateway(config, clock=clock, secret=secret, revocations=revocations,
+                          credentials=credentials).application()

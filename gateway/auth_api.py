@@ -18,7 +18,6 @@ from gateway.errors import (
     RateLimitedError,
     UnsupportedMediaTypeError,
 )
-from gateway.keys import services_key
 from gateway.services import Services
 from gateway.tokens import fingerprint, is_valid_subject, issue_time
 
@@ -27,9 +26,8 @@ MAX_LOGIN_BODY = 16 * 1024
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
-async def login(request: web.Request) -> web.Response:
+async def login(request: web.BaseRequest, services: Services) -> web.Response:
     """Exchange a username and password for a token (200), or 401/400/413/415/429."""
-    services = request.app[services_key]
     username, password = _parse_credentials(await _read_login_body(request))
     peer = request.remote or "unknown"
     limit_keys = (f"user:{username}", f"addr:{peer}")
@@ -52,7 +50,7 @@ async def login(request: web.Request) -> web.Response:
                  "Pragma": "no-cache"})
 
 
-async def _read_login_body(request: web.Request) -> bytes:
+async def _read_login_body(request: web.BaseRequest) -> bytes:
     if request.content_type != "application/json":
         raise UnsupportedMediaTypeError()
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
@@ -94,9 +92,8 @@ def _parse_credentials(body: bytes) -> tuple[str, str]:
     return username, password
 
 
-async def logout(request: web.Request) -> web.Response:
+async def logout(request: web.BaseRequest, services: Services) -> web.Response:
     """Revoke the Bearer token sent; 204 once the revocation is durable (repeatable)."""
-    services = request.app[services_key]
     claims = verify_bearer(services, request.headers)
     await services.revocations.revoke_token(
         claims.token_id, claims.expires_at + services.config.tokens.leeway)
@@ -105,9 +102,8 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def logout_all(request: web.Request) -> web.Response:
+async def logout_all(request: web.BaseRequest, services: Services) -> web.Response:
     """Revoke every token of a user issued up to now; 204 once durable."""
-    services = request.app[services_key]
     subject = _logout_all_subject(services, request)
     now = issue_time(services.clock())
     lifetime = services.config.tokens.ttl + services.config.tokens.leeway
@@ -117,7 +113,7 @@ async def logout_all(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _logout_all_subject(services: Services, request: web.Request) -> str:
+def _logout_all_subject(services: Services, request: web.BaseRequest) -> str:
     """The subject of the Bearer token; or X-Auth-UserId, from trusted callers only.
 
     SECURITY: DESIGN §4: the header form is honoured only from `trusted_networks`.

@@ -23,6 +23,7 @@ from gateway.observability import access_logger_class, configure_logging
 log = logging.getLogger("gateway")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
+SUPERVISOR_PID_ENV = "GATEWAY_SUPERVISOR_PID"  # set by gateway.workers for its children
 SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 DEFAULT_CONFIGS = (Path("config.yaml"), Path("config.example.yaml"))
 
@@ -155,19 +156,22 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
 
 
 async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> None:
-    from gateway.app import create_app
+    from gateway.app import create_gateway
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(create_app(config, secret=secret),
-                           access_log_class=access_logger_class(config.access_log),
-                           handle_signals=False, shutdown_timeout=30.0)
+    gateway = create_gateway(config, secret=secret)
     try:
-        await runner.setup()
+        await gateway.start()
     except Exception as exc:  # whatever a store raises when it cannot open
+        await gateway.close()
         raise StartupError(f"revocation store: {exc}") from exc
+    server = web.Server(gateway.handle, access_log_class=access_logger_class(config.access_log),
+                        access_log=logging.getLogger("aiohttp.access"))
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=30.0)
+    await runner.setup()
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
                            reuse_port=reuse_port or None, backlog=1024)
@@ -187,19 +191,20 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
         log.info("shutting_down pid=%s", os.getpid())
     finally:
         await runner.cleanup()
+        await gateway.close()
 
 
 async def _stop_when_orphaned(stop: asyncio.Event) -> None:
     """A supervised worker drains and exits once its supervisor is gone (even after a
     kill -9 of the supervisor), rather than serve on with stale configuration."""
-    parent = os.getppid()
-    while os.getppid() == parent:  # noqa: ASYNC110 - no event exists for a parent's death
+    supervisor = int(os.environ.get(SUPERVISOR_PID_ENV, os.getppid()))
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event exists for a parent's death
         await asyncio.sleep(0.5)
     log.warning("supervisor_gone pid=%s; shutting down", os.getpid())
     stop.set()
 
 
-def _bound_port(runner: web.AppRunner) -> int | None:
+def _bound_port(runner: web.BaseRunner) -> int | None:
     for address in runner.addresses:
         if isinstance(address, tuple):
             return int(address[1])

@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.errors import GatewayError
-from gateway.keys import request_id_key, services_key
+from gateway.keys import request_id_key
+from gateway.observability import Metrics
 
 log = logging.getLogger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
@@ -41,7 +42,7 @@ def error_response(status: int, code: str, message: str,
     return response
 
 
-def with_request_handling(handler: Handler) -> Handler:
+def with_request_handling(handler: Handler, metrics: Metrics) -> Handler:
     """Wrap the gateway's one handler with everything every request gets, in order:
 
     1. a request id (a well-formed client `X-Request-Id` is kept), answered and forwarded;
@@ -49,11 +50,11 @@ def with_request_handling(handler: Handler) -> Handler:
        `{"error", "message"}` (this is the only place that writes that body);
     3. metrics: every answer counted by status and timed.
 
-    One wrapper rather than an aiohttp middleware stack: with a single catch-all route,
+    One wrapper rather than an aiohttp middleware stack: the gateway has one handler, and
     each middleware layer would only add a coroutine frame and a wrapper per request.
     """
 
-    async def handle(request: web.Request) -> web.StreamResponse:
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-Id")
         request_id = (incoming if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
                       else new_request_id())
@@ -72,8 +73,7 @@ def with_request_handling(handler: Handler) -> Handler:
                                       "The gateway failed to handle the request.")
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
-        request.app[services_key].metrics.observe(response.status,
-                                                  time.perf_counter() - started)
+        metrics.observe(response.status, time.perf_counter() - started)
         return response
 
     return handle

@@ -101,7 +101,7 @@ class _LimitedBody:
             yield chunk
 
 
-def _request_body(request: web.Request, headers: CIMultiDict[str],
+def _request_body(request: web.BaseRequest, headers: CIMultiDict[str],
                   max_body: int) -> _LimitedBody | None:
     """Check the declared length and set the gateway's own framing headers."""
     if not request.body_exists:
@@ -115,7 +115,7 @@ def _request_body(request: web.Request, headers: CIMultiDict[str],
     return _LimitedBody(request.content, max_body)
 
 
-async def forward(request: web.Request, services: Services, route: Route, target: str,
+async def forward(request: web.BaseRequest, services: Services, route: Route, target: str,
                   headers: CIMultiDict[str]) -> web.StreamResponse:
     """Send the request upstream and stream the answer back to the client."""
     body = _request_body(request, headers, services.config.limits.max_body)
@@ -140,7 +140,7 @@ def _upstream_error(exc: BaseException, origin: object, metrics: Metrics) -> Ups
     return UpstreamError()
 
 
-async def _forward_with_pool(request: web.Request, pool: UpstreamPool,
+async def _forward_with_pool(request: web.BaseRequest, pool: UpstreamPool,
                              address: tuple[str, int], host: str, target: str,
                              headers: CIMultiDict[str], body: _LimitedBody | None,
                              metrics: Metrics) -> web.StreamResponse:
@@ -161,7 +161,7 @@ async def _forward_with_pool(request: web.Request, pool: UpstreamPool,
         upstream.release()
 
 
-def _response_headers(request: web.Request, upstream: CIMultiDict[str] | CIMultiDictProxy[str]
+def _response_headers(request: web.BaseRequest, upstream: CIMultiDict[str] | CIMultiDictProxy[str]
                       ) -> CIMultiDict[str]:
     """The upstream's answer headers as the client gets them, with the request id."""
     headers = filter_response_headers(upstream)
@@ -169,7 +169,7 @@ def _response_headers(request: web.Request, upstream: CIMultiDict[str] | CIMulti
     return headers
 
 
-async def _relay_from_pool(request: web.Request, upstream: UpstreamResponse,
+async def _relay_from_pool(request: web.BaseRequest, upstream: UpstreamResponse,
                            metrics: Metrics) -> web.StreamResponse:
     raw_headers = CIMultiDict(upstream.headers)
     headers = _response_headers(request, raw_headers)
@@ -195,7 +195,7 @@ async def _relay_from_pool(request: web.Request, upstream: UpstreamResponse,
     return response
 
 
-async def _bodyless(request: web.Request, status: int, headers: CIMultiDict[str],
+async def _bodyless(request: web.BaseRequest, status: int, headers: CIMultiDict[str],
                     length: int | None) -> web.StreamResponse:
     response = web.StreamResponse(status=status, headers=headers)
     if length is not None:
@@ -205,7 +205,7 @@ async def _bodyless(request: web.Request, status: int, headers: CIMultiDict[str]
     return response
 
 
-def _cut_short(request: web.Request, response: web.StreamResponse, exc: BaseException,
+def _cut_short(request: web.BaseRequest, response: web.StreamResponse, exc: BaseException,
                metrics: Metrics) -> web.StreamResponse:
     """The answer broke off upstream: cut the client connection so it cannot look whole."""
     metrics.upstream_errors["mid_body"] += 1
@@ -216,7 +216,7 @@ def _cut_short(request: web.Request, response: web.StreamResponse, exc: BaseExce
     return response  # already sent in part: no error answer can follow it
 
 
-async def _forward_with_session(request: web.Request, session: aiohttp.ClientSession,
+async def _forward_with_session(request: web.BaseRequest, session: aiohttp.ClientSession,
                                 url: URL, headers: CIMultiDict[str], body: _LimitedBody | None,
                                 metrics: Metrics) -> web.StreamResponse:
     try:
@@ -233,7 +233,7 @@ async def _forward_with_session(request: web.Request, session: aiohttp.ClientSes
         upstream.release()
 
 
-async def _relay_from_session(request: web.Request, upstream: aiohttp.ClientResponse,
+async def _relay_from_session(request: web.BaseRequest, upstream: aiohttp.ClientResponse,
                               metrics: Metrics) -> web.StreamResponse:
     headers = _response_headers(request, upstream.headers)
     if request.method == "HEAD" or upstream.status in _BODYLESS_STATUSES:

@@ -32,7 +32,7 @@ def is_websocket_upgrade(headers: CIMultiDictProxy[str], method: str) -> bool:
     return "upgrade" in tokens
 
 
-async def proxy_websocket(request: web.Request, services: Services, url: URL,
+async def proxy_websocket(request: web.BaseRequest, services: Services, url: URL,
                           headers: CIMultiDict[str], claims: Claims | None) -> web.StreamResponse:
     """Open the upstream socket first (a refusal is a JSON 502), then upgrade the client."""
     assert services.session is not None  # noqa: S101 - created by the cleanup context

@@ -9,6 +9,7 @@ once all workers have drained.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,10 @@ RESTART_PAUSE = 1.0
 def _spawn(config_path: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
                "--workers", "1", "--reuse-port"]
-    return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+    # The worker compares its parent with this pid, so a supervisor killed even before
+    # the worker started is still noticed.
+    env = {**os.environ, "GATEWAY_SUPERVISOR_PID": str(os.getpid())}
+    return subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module
 
 
 def run_workers(config_path: Path, count: int) -> int:
