@@ -21,11 +21,10 @@ from gateway.proxy import (
     create_client_session,
     create_upstream_pool,
     forward,
-    upstream_endpoint,
 )
 from gateway.ratelimit import FailureLimiter
 from gateway.revocation import RevocationStore
-from gateway.routing import RouteTable, normalise_path, upstream_target
+from gateway.routing import RouteTable, normalise_path, upstream_of, upstream_target
 from gateway.services import Services
 from gateway.tokens import Claims, TokenIssuer, TokenVerifier, load_signing_keys
 from gateway.users import CredentialStore, PasswordChecker, build_credentials
@@ -110,7 +109,7 @@ async def proxy_request(request: web.BaseRequest, services: Services, path: str,
         request_id=request[request_id_key], websocket=websocket)
     target = upstream_target(route, path, query)
     if websocket:
-        url = URL(upstream_endpoint(route)[0] + target, encoded=True)
+        url = URL(upstream_of(route).origin + target, encoded=True)
         return await proxy_websocket(request, services, url, headers, claims)
     return await forward(request, services, route, target, headers)
 

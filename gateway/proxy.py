@@ -24,6 +24,7 @@ from gateway.errors import PayloadTooLargeError, UpstreamError, UpstreamTimeoutE
 from gateway.headers import filter_response_headers
 from gateway.keys import request_id_key
 from gateway.observability import Metrics
+from gateway.routing import upstream_of
 from gateway.services import Services
 from gateway.upstream import (
     UpstreamFailure,
@@ -60,23 +61,6 @@ def create_client_session(config: Config) -> aiohttp.ClientSession:
 def create_upstream_pool(config: Config) -> UpstreamPool:
     timeouts = config.upstream_timeouts
     return UpstreamPool(connect_timeout=timeouts.connect, read_timeout=timeouts.read)
-
-
-_ENDPOINTS: dict[int, tuple[Route, tuple[str, tuple[str, int], str]]] = {}
-
-
-def upstream_endpoint(route: Route) -> tuple[str, tuple[str, int], str]:
-    """`(origin URL, (host, port), Host header)` of a route's upstream, computed once.
-
-    Keyed by identity: hashing a pydantic model on every request costs more than the rest
-    of the lookup; the route itself is kept alongside so its id cannot be reused.
-    """
-    entry = _ENDPOINTS.get(id(route))
-    if entry is None or entry[0] is not route:
-        url = URL(route.upstream)
-        endpoint = (str(url.origin()), (url.raw_host or "", url.port or 80), url.raw_authority)
-        entry = _ENDPOINTS[id(route)] = (route, endpoint)
-    return entry[1]
 
 
 class _LimitedBody:
@@ -119,13 +103,13 @@ async def forward(request: web.BaseRequest, services: Services, route: Route, ta
                   headers: CIMultiDict[str]) -> web.StreamResponse:
     """Send the request upstream and stream the answer back to the client."""
     body = _request_body(request, headers, services.config.limits.max_body)
-    origin, address, host = upstream_endpoint(route)
+    upstream = upstream_of(route)
     pool = services.pool
-    if pool is not None and route.upstream.startswith("http://"):
-        return await _forward_with_pool(request, pool, address, host, target, headers, body,
-                                        services.metrics)
+    if pool is not None and upstream.is_plain_http:
+        return await _forward_with_pool(request, pool, upstream.address, upstream.authority,
+                                        target, headers, body, services.metrics)
     assert services.session is not None  # noqa: S101 - created by the cleanup context
-    url = URL(origin + target, encoded=True)
+    url = URL(upstream.origin + target, encoded=True)
     return await _forward_with_session(request, services.session, url, headers, body,
                                        services.metrics)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from functools import cache
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config import Route
@@ -167,11 +167,39 @@ def _prefix_key(route: Route) -> tuple[str, ...]:
     return _match_key(normalise_path(route.prefix)[0])
 
 
-@cache
-def _upstream_parts(route: Route) -> tuple[str, int]:
-    """(the upstream URL's base path, how many path segments `strip_prefix` removes)."""
-    strip = len(_prefix_key(route)) if route.strip_prefix else 0
-    return urlsplit(route.upstream).path.rstrip("/"), strip
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """What forwarding needs to know about a route's upstream, worked out once per route."""
+
+    origin: str                # scheme://host[:port]
+    address: tuple[str, int]   # where to connect
+    authority: str             # the Host header to send
+    base_path: str             # the upstream URL's own path, without a trailing slash
+    strip: int                 # how many leading path segments `strip_prefix` removes
+    is_plain_http: bool
+
+
+_UPSTREAMS: dict[int, tuple[Route, Upstream]] = {}
+
+
+def upstream_of(route: Route) -> Upstream:
+    """The route's `Upstream`, cached by identity.
+
+    Not by value: hashing a pydantic model on every request costs more than the rest of
+    the lookup. The route is kept beside its entry, so its id cannot be reused meanwhile.
+    """
+    entry = _UPSTREAMS.get(id(route))
+    if entry is None or entry[0] is not route:
+        parts = urlsplit(route.upstream)
+        default_port = 443 if parts.scheme == "https" else 80
+        upstream = Upstream(
+            origin=f"{parts.scheme}://{parts.netloc}", address=(parts.hostname or "",
+                                                                parts.port or default_port),
+            authority=parts.netloc, base_path=parts.path.rstrip("/"),
+            strip=len(_prefix_key(route)) if route.strip_prefix else 0,
+            is_plain_http=parts.scheme == "http")
+        entry = _UPSTREAMS[id(route)] = (route, upstream)
+    return entry[1]
 
 
 def upstream_target(route: Route, path: str, query: str) -> str:
@@ -180,8 +208,8 @@ def upstream_target(route: Route, path: str, query: str) -> str:
     The upstream's base path (`http://h/base`) is prepended; with `strip_prefix` the route's
     prefix segments are removed first (`/api/users` -> `/users`, `/api` -> `/`).
     """
-    base, strip = _upstream_parts(route)
-    if strip:
-        path = "/" + "/".join(path.split("/")[strip + 1:])
-    target = base + path
+    upstream = upstream_of(route)
+    if upstream.strip:
+        path = "/" + "/".join(path.split("/")[upstream.strip + 1:])
+    target = upstream.base_path + path
     return f"{target}?{query}" if query else target
