@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.config import Config, parse_config
 from gateway.demo import create_echo_app
 from gateway.revocation.memory import MemoryRevocationStore
 from tests.fakes import FakeClock
+from tests.redis_server import REDIS_SERVER, RedisServer, redis_unavailable
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 PASSWORD = "correct horse battery staple"
@@ -31,6 +33,15 @@ ConfigFactory = Callable[..., Config]
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server a test may kill, freeze (SIGSTOP) and restart."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        redis_unavailable(f"{REDIS_SERVER} is not installed")
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

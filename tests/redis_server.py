@@ -5,6 +5,7 @@ It listens on a free loopback port, keeps nothing on disk, and survives restarts
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -14,6 +15,16 @@ from types import TracebackType
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_DEADLINE = 10.0
+REQUIRE_REDIS = os.environ.get("GATEWAY_TEST_REQUIRE_REDIS") == "1"
+
+
+def redis_unavailable(reason: str) -> None:
+    """Skip, unless CI demands Redis: then a missing Redis is a failure, not a skip."""
+    import pytest
+
+    if REQUIRE_REDIS:
+        pytest.fail(f"{reason} (GATEWAY_TEST_REQUIRE_REDIS=1)")
+    pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +20,12 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import PASSWORD, base_config_data
-from tests.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.redis_server import RedisServer, free_port
 from tests.test_cli_e2e import ROOT, GatewayProcess
 
-REQUIRE_REDIS = os.environ.get("GATEWAY_TEST_REQUIRE_REDIS") == "1"
 _LISTENING = re.compile(r"\[(\d+)\] gateway listening .*pid=(\d+)")
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, unless CI demands Redis: then a missing Redis is a failure, not a skip."""
-    if REQUIRE_REDIS:
-        pytest.fail(f"{reason} (GATEWAY_TEST_REQUIRE_REDIS=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server: the config has no key prefix, so nothing else may share it."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        _unavailable(f"{REDIS_SERVER} is not installed")
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ redis-server that it may kill, freeze and restart; the real clock drives stalene
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,28 +18,13 @@ from gateway.config import Config
 from gateway.keys import services_key
 from gateway.revocation.redis import RedisRevocationStore
 from tests.conftest import ConfigFactory, GatewayFactory, bearer, login
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer
 
-REQUIRE_REDIS = os.environ.get("GATEWAY_TEST_REQUIRE_REDIS") == "1"
 MAX_STALENESS = 1.0
 SOCKET_TIMEOUT = 2.0  # the store's default: what a production logout waits at most
 Client = TestClient[Any, Any]
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, unless CI demands Redis: then a missing Redis is a failure, not a skip."""
-    if REQUIRE_REDIS:
-        pytest.fail(f"{reason} (GATEWAY_TEST_REQUIRE_REDIS=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server this test may kill, freeze (SIGSTOP) and restart."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        _unavailable(f"{REDIS_SERVER} is not installed")
-    with RedisServer() as server:
-        yield server
 
 
 class Replicas:

@@ -9,7 +9,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
@@ -20,18 +20,11 @@ from gateway.clock import Clock
 from gateway.errors import StoreUnavailableError
 from gateway.revocation.redis import RedisRevocationStore
 from tests.fakes import FakeClock
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, redis_unavailable
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-REQUIRE_REDIS = os.environ.get("GATEWAY_TEST_REQUIRE_REDIS") == "1"
 HOUR = 3600.0
 
-
-def _unavailable(reason: str) -> None:
-    """Skip, unless CI demands Redis: then a missing Redis is a failure, not a skip."""
-    if REQUIRE_REDIS:
-        pytest.fail(f"{reason} (GATEWAY_TEST_REQUIRE_REDIS=1)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -40,19 +33,11 @@ def redis_url() -> str:
     try:
         client.ping()
     except RedisError as exc:
-        _unavailable(f"no Redis answers at {REDIS_URL}: {exc}")
+        redis_unavailable(f"no Redis answers at {REDIS_URL}: {exc}")
     finally:
         client.close()
     return REDIS_URL
 
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server this test may kill, freeze and restart."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        _unavailable(f"{REDIS_SERVER} is not installed")
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture
