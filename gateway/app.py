@@ -127,7 +127,8 @@ def build_revocation_store(config: Config, clock: Clock) -> RevocationStore:
             rev.url, clock=clock, max_staleness=rev.max_staleness,
             longest_token_lifetime=config.tokens.ttl + config.tokens.leeway)
     from gateway.revocation.sqlite import SqliteRevocationStore
-    return SqliteRevocationStore(rev.path, clock=clock, sync_interval=rev.sync_interval)
+    return SqliteRevocationStore(rev.path, clock=clock, sync_interval=rev.sync_interval,
+                                 max_staleness=rev.max_staleness)
 
 
 class Gateway:

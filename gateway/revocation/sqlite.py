@@ -143,10 +143,15 @@ class SqliteRevocationStore:
         self.cache.add_cutoff(subject, cutoff, expires_at)
 
     def is_revoked(self, jti: str, subject: str, issued_at: float) -> bool:
-        """Hot path: reads the in-process cache only; fails closed when it went stale."""
+        """Hot path: reads the in-process cache only; fails closed when it went stale.
+
+        A hit is always a hit; only a miss needs the cache to be fresh.
+        """
+        if self.cache.is_revoked(jti, subject, issued_at):
+            return True
         if self._max_staleness is not None:
             self._check_fresh(self._max_staleness)
-        return self.cache.is_revoked(jti, subject, issued_at)
+        return False
 
     def status(self) -> StoreStatus:
         """Ready after `start` for as long as the latest poll of the change feed succeeded."""
