@@ -159,16 +159,18 @@ async def _relay_from_pool(request: web.BaseRequest, upstream: UpstreamResponse,
     headers = _response_headers(request, raw_headers)
     status = upstream.status
     if request.method == "HEAD" or status in _BODYLESS_STATUSES:
-        length = raw_headers.get("Content-Length")
+        # A HEAD answer's length describes the body a GET would get; its framing was not
+        # checked (there is no body), so only a plain number is passed on.
+        length = raw_headers.get("Content-Length", "")
         return await _bodyless(request, status, headers,
-                               int(length) if length and status not in _BODYLESS_STATUSES
-                               else None)
+                               int(length) if length.isdigit() and length.isascii()
+                               and status not in _BODYLESS_STATUSES else None)
     if upstream.complete:  # the whole (small) body came with the headers: one write
         return web.Response(status=status, headers=headers, body=upstream.read_buffered())
     response = web.StreamResponse(status=status, headers=headers)
-    length = raw_headers.get("Content-Length")
-    if length is not None:
-        response.content_length = int(length)
+    declared = raw_headers.get("Content-Length")  # checked by the parser: a plain number
+    if declared is not None:
+        response.content_length = int(declared)
     await response.prepare(request)
     try:
         async for chunk in upstream.iter_chunks():

@@ -1031,3 +1031,13 @@ async def test_gateway_never_turns_trailers_into_headers(gateway_to: GatewayTo) 
         response = await client.get("/x")
         assert await response.read() == b"hello"
     assert "Set-Cookie" not in response.headers
+
+
+async def test_gateway_head_answer_with_a_bad_length_is_not_a_500(
+        gateway_to: GatewayTo) -> None:
+    """A HEAD answer's unchecked Content-Length never crashes the gateway."""
+    client, _ = await gateway_to(replies(
+        b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n"))
+    async with asyncio.timeout(DEADLINE):
+        response = await client.head("/x")
+        assert response.status in (200, 502)
