@@ -164,8 +164,16 @@ class Gateway:
         await services.revocations.close()
         services.passwords.close()
 
+    def server_options(self) -> dict[str, object]:
+        """Options for aiohttp's HTTP protocol, the same on every serving path."""
+        # SECURITY: aiohttp inflates gzip/deflate request bodies by default; forwarding the
+        # inflated bytes under the client's Content-Length and Content-Encoding would let
+        # one request smuggle another. The gateway never decompresses, in either direction.
+        return {"auto_decompress": False,
+                "keepalive_timeout": self.services.config.listen.keepalive_timeout}
+
     def application(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(handler_args=self.server_options())
         app[services_key] = self.services
         app.cleanup_ctx.append(self._lifecycle)
         # One route for every path (newlines too); dispatch() serves or proxies it.

@@ -169,7 +169,8 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
         await gateway.close()
         raise StartupError(f"revocation store: {exc}") from exc
     server = web.Server(gateway.handle, access_log_class=access_logger_class(config.access_log),
-                        access_log=logging.getLogger("aiohttp.access"))
+                        access_log=logging.getLogger("aiohttp.access"),
+                        **gateway.server_options())  # type: ignore[arg-type]
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=30.0)
     await runner.setup()
     try:
@@ -215,4 +216,4 @@ def _tune_gc() -> None:
     """Start-up objects never die: freeze them out of the collector, collect less often."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    gc.set_threshold(100_000, 20, 20)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -1041,3 +1043,24 @@ async def test_gateway_head_answer_with_a_bad_length_is_not_a_500(
     async with asyncio.timeout(DEADLINE):
         response = await client.head("/x")
         assert response.status in (200, 502)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_compressed_request_body_is_forwarded_byte_for_byte(
+        gateway_to: GatewayTo, coding: str) -> None:
+    """A gzip/deflate request body reaches the upstream exactly as sent, under its own
+    length: the gateway never inflates it (inflating let one request smuggle another)."""
+    smuggled = (b"GET /admin HTTP/1.1\r\nHost: x\r\nX-Auth-UserId: admin\r\n"
+                b"Content-Length: 0\r\n\r\n")
+    plain = b"A" * 101 + smuggled
+    body = gzip.compress(plain, mtime=0) if coding == "gzip" else zlib.compress(plain)
+    client, server = await gateway_to(replies(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    async with asyncio.timeout(DEADLINE):
+        response = await client.post("/upload", data=body,
+                                     headers={"Content-Encoding": coding})
+        assert (response.status, await response.read()) == (200, b"ok")
+        await asyncio.sleep(0.1)  # a smuggled second request would arrive right behind
+    assert len(server.requests) == 1
+    head, _, received = server.requests[0].partition(b"\r\n\r\n")
+    assert received == body
+    assert header_fields(head + b"\r\n")["content-length"] == str(len(body))
