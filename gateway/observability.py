@@ -16,6 +16,7 @@ from typing import Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -34,6 +35,31 @@ AccessLogMode = Literal["all", "errors", "off"]
 def configure_logging(level: str) -> None:
     """Log lines `event key=value` to stderr."""
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT, force=True)
+    install_log_filters()
+
+
+def install_log_filters() -> None:
+    """Keep request bytes out of aiohttp's own log lines (idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its parser refused with a traceback quoting the bad line,
+    which may hold a whole token or a query string. Keep one line with the error's name.
+
+    SECURITY: DESIGN §5 - never log a whole token.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "request_rejected_by_parser error=%s", (
+                type(error).__name__,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 class Metrics:

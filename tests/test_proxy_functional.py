@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -493,3 +494,21 @@ async def test_expired_token_is_refused_even_after_a_cache_hit(gateway: Client, 
     assert (await gateway.get("/api", headers=bearer(token))).status == 200
     clock.advance(3600 + 31)
     assert (await gateway.get("/api", headers=bearer(token))).status == 401
+
+
+async def test_requests_the_parser_refuses_never_log_their_bytes(
+        gateway: Client, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A request aiohttp's parser refuses is logged as one line, never quoting the token."""
+    from gateway.observability import install_log_filters
+
+    caplog.set_level(logging.DEBUG)
+    install_log_filters()  # what `gateway serve` does when it configures logging
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(f"GET /api HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\x01\r\n\r\n"
+                 .encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400"
+    assert "request_rejected_by_parser" in caplog.text
+    assert token not in caplog.text and token.split(".")[2] not in caplog.text
