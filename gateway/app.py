@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -12,7 +13,7 @@ from gateway import auth_api
 from gateway.authentication import authenticate, authenticate_optional
 from gateway.clock import Clock
 from gateway.config import Config, Secret
-from gateway.errors import MethodNotAllowedError, NotFoundError
+from gateway.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from gateway.headers import build_upstream_headers
 from gateway.keys import request_id_key, services_key
 from gateway.middleware import with_request_handling
@@ -30,6 +31,8 @@ from gateway.tokens import Claims, TokenIssuer, TokenVerifier, load_signing_keys
 from gateway.users import CredentialStore, PasswordChecker, build_credentials
 from gateway.websocket import is_websocket_upgrade, proxy_websocket
 
+# RFC 3986 host (reg-name, IPv4 or [IPv6]) with an optional port; no userinfo, path or query.
+_VALID_HOST = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 LocalHandler = Callable[[web.BaseRequest, Services], Awaitable[web.StreamResponse]]
 
 
@@ -99,13 +102,18 @@ async def proxy_request(request: web.BaseRequest, services: Services, path: str,
         claims = authenticate_optional(services, request.headers)
     else:
         claims = None
+    host = request.headers.get("Host")
+    if host is not None and not _VALID_HOST.fullmatch(host):
+        # SECURITY: RFC 9112 §3.2 - an invalid Host is a 400, never passed on upstream
+        # as X-Forwarded-Host (where it could poison links or caches).
+        raise BadRequestError("The Host header is not a valid host[:port].")
     websocket = is_websocket_upgrade(request.headers, request.method)
     headers = build_upstream_headers(
         request.headers,
         identity=claims.subject if claims is not None else None,
         identity_header=services.config.identity_header,
         forward_authorization=route.forward_authorization,
-        peer=request.remote, scheme=request.scheme, host=request.headers.get("Host"),
+        peer=request.remote, scheme=request.scheme, host=host,
         request_id=request[request_id_key], websocket=websocket)
     target = upstream_target(route, path, query)
     if websocket:
@@ -177,7 +185,8 @@ class Gateway:
         app[services_key] = self.services
         app.cleanup_ctx.append(self._lifecycle)
         # One route for every path (newlines too); dispatch() serves or proxies it.
-        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle,
+                             expect_handler=_leave_expect_to_the_gateway)
         return app
 
     async def _lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
@@ -186,6 +195,11 @@ class Gateway:
             yield
         finally:
             await self.close()
+
+
+async def _leave_expect_to_the_gateway(request: web.Request) -> None:
+    """aiohttp's router would answer 100-continue before authentication; the gateway
+    answers it itself when it starts reading the body (gateway.request_body)."""
 
 
 def create_gateway(config: Config, *, clock: Clock = time.time, secret: Secret | None = None,

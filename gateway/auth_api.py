@@ -18,6 +18,7 @@ from gateway.errors import (
     RateLimitedError,
     UnsupportedMediaTypeError,
 )
+from gateway.request_body import LimitedBody
 from gateway.services import Services
 from gateway.tokens import fingerprint, is_valid_subject, issue_time
 
@@ -55,12 +56,10 @@ async def _read_login_body(request: web.BaseRequest) -> bytes:
         raise UnsupportedMediaTypeError()
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
         raise PayloadTooLargeError("The login body must be at most 16 KiB.")
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(4096):
-        body += chunk
-        if len(body) > MAX_LOGIN_BODY:
-            raise PayloadTooLargeError("The login body must be at most 16 KiB.")
-    return bytes(body)
+    try:
+        return await LimitedBody(request, MAX_LOGIN_BODY).read_all()
+    except PayloadTooLargeError:
+        raise PayloadTooLargeError("The login body must be at most 16 KiB.") from None
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class BadCredentialsError(GatewayError):
     code = "invalid_credentials"
     default_message = "The username or password is not valid."
 
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="gateway"'}  # RFC 9110 §15.5.2: a 401 has one
+
 
 class NotFoundError(GatewayError):
     status = 404

@@ -19,6 +19,7 @@ from gateway.observability import Metrics
 log = logging.getLogger(__name__)
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never sent
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -64,6 +65,9 @@ def with_request_handling(handler: Handler, metrics: Metrics) -> Handler:
             response = await handler(request)
         except GatewayError as exc:
             response = error_response(exc.status, exc.code, exc.message, dict(exc.headers()))
+        except ConnectionResetError:  # the client went away mid-request: nobody to answer
+            log.info("client_disconnected request_id=%s", request_id)
+            response = web.Response(status=CLIENT_CLOSED)
         except web.HTTPException as exc:
             response = _http_exception_response(exc)
         except Exception:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +23,7 @@ from gateway.errors import PayloadTooLargeError, UpstreamError, UpstreamTimeoutE
 from gateway.headers import filter_response_headers
 from gateway.keys import request_id_key
 from gateway.observability import Metrics
+from gateway.request_body import LimitedBody
 from gateway.routing import upstream_of
 from gateway.services import Services
 from gateway.upstream import (
@@ -37,7 +37,6 @@ from gateway.upstream import (
 log = logging.getLogger(__name__)
 _BODYLESS_STATUSES = frozenset({204, 304})
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-_CHUNK = 64 * 1024
 
 
 def create_client_session(config: Config) -> aiohttp.ClientSession:
@@ -63,30 +62,8 @@ def create_upstream_pool(config: Config) -> UpstreamPool:
     return UpstreamPool(connect_timeout=timeouts.connect, read_timeout=timeouts.read)
 
 
-class _LimitedBody:
-    """The request body, streamed and counted as it passes; over `max_body` stops it.
-
-    The upstream clients wrap an error raised by a body generator in their own errors,
-    so `exceeded` tells the caller that the upstream failure was really a 413.
-    """
-
-    def __init__(self, content: aiohttp.StreamReader, max_body: int) -> None:
-        self._content = content
-        self._max_body = max_body
-        self.exceeded = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self._content.iter_chunked(_CHUNK):
-            seen += len(chunk)
-            if seen > self._max_body:
-                self.exceeded = True
-                raise PayloadTooLargeError()
-            yield chunk
-
-
 def _request_body(request: web.BaseRequest, headers: CIMultiDict[str],
-                  max_body: int) -> _LimitedBody | None:
+                  max_body: int) -> LimitedBody | None:
     """Check the declared length and set the gateway's own framing headers."""
     if not request.body_exists:
         if request.method in _METHODS_WITH_BODY:
@@ -96,7 +73,7 @@ def _request_body(request: web.BaseRequest, headers: CIMultiDict[str],
         if request.content_length > max_body:
             raise PayloadTooLargeError()
         headers["Content-Length"] = str(request.content_length)
-    return _LimitedBody(request.content, max_body)
+    return LimitedBody(request, max_body)
 
 
 async def forward(request: web.BaseRequest, services: Services, route: Route, target: str,
@@ -126,7 +103,7 @@ def _upstream_error(exc: BaseException, origin: object, metrics: Metrics) -> Ups
 
 async def _forward_with_pool(request: web.BaseRequest, pool: UpstreamPool,
                              address: tuple[str, int], host: str, target: str,
-                             headers: CIMultiDict[str], body: _LimitedBody | None,
+                             headers: CIMultiDict[str], body: LimitedBody | None,
                              metrics: Metrics) -> web.StreamResponse:
     chunked = body is not None and "Content-Length" not in headers
     if chunked:
@@ -203,7 +180,7 @@ def _cut_short(request: web.BaseRequest, response: web.StreamResponse, exc: Base
 
 
 async def _forward_with_session(request: web.BaseRequest, session: aiohttp.ClientSession,
-                                url: URL, headers: CIMultiDict[str], body: _LimitedBody | None,
+                                url: URL, headers: CIMultiDict[str], body: LimitedBody | None,
                                 metrics: Metrics) -> web.StreamResponse:
     try:
         upstream = await session.request(request.method, url, headers=headers,

@@ -127,10 +127,19 @@ def _remove_dot_segments(path: str) -> str:
 
 
 def _match_key(path: str) -> tuple[str, ...]:
-    """The path's segment names, `;params` removed and empty segments skipped."""
+    """The path's segment names as the most lenient upstream reads them, for matching only.
+
+    `;params` (also spelled `%3B`) are removed and trailing dots dropped, so `/admin;x`,
+    `/admin%3Bx` and `/admin./x` are judged by the `/admin` route: Tomcat/Spring strip
+    parameters and Windows servers trailing dots. The upstream still gets the path as is.
+    """
+    if "%3B" in path:
+        path = path.replace("%3B", ";")
     segments = path.split("/")
     if ";" in path:
         segments = [segment.partition(";")[0] for segment in segments]
+    if "." in path:
+        segments = [segment.rstrip(".") or segment for segment in segments]
     return tuple(segment for segment in segments if segment)
 
 

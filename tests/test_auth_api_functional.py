@@ -36,6 +36,8 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer(gateway: Clie
     wrong = await gateway.post("/user/login", json={"username": "marco", "password": "nope"})
     unknown = await gateway.post("/user/login", json={"username": "nobody", "password": "nope"})
     assert wrong.status == unknown.status == 401
+    assert wrong.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"] \
+        == 'Bearer realm="gateway"'
     assert await wrong.json() == await unknown.json() == {
         "error": "invalid_credentials", "message": "The username or password is not valid."}
 

@@ -512,3 +512,56 @@ async def test_requests_the_parser_refuses_never_log_their_bytes(
     assert answer.split(b" ", 2)[1] == b"400"
     assert "request_rejected_by_parser" in caplog.text
     assert token not in caplog.text and token.split(".")[2] not in caplog.text
+
+
+async def _raw_exchange(client: Client, head: str, body: bytes | None = None) -> bytes:
+    """Send `head`; if `body` is given, send it once the gateway answered 100 Continue."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(head.encode())
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    if body is not None and first.startswith(b"HTTP/1.1 100"):
+        writer.write(body)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    writer.close()
+    return first
+
+
+async def test_expect_100_continue_is_answered_after_authentication(gateway: Client,
+                                                                    token: str) -> None:
+    """`Expect: 100-continue` gets 100 Continue once the request is let through, and a
+    refused request gets its final answer without the body ever being asked for."""
+    head = ("POST /api HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+            "Expect: 100-continue\r\n{auth}Connection: close\r\n\r\n")
+    accepted = await _raw_exchange(gateway, head.format(
+        auth=f"Authorization: Bearer {token}\r\n"), b"hello")
+    assert accepted.startswith(b"HTTP/1.1 200")
+    refused = await _raw_exchange(gateway, head.format(auth=""))
+    assert refused.startswith(b"HTTP/1.1 401")
+
+
+@pytest.mark.parametrize("host", ["a@evil.example", "evil.example/x?", "h h", "h:99999999"],
+                         ids=["userinfo", "path-and-query", "space", "long-port"])
+async def test_invalid_host_header_is_400(gateway: Client, token: str, host: str) -> None:
+    """RFC 9112 §3.2: an invalid Host is refused, never forwarded as X-Forwarded-Host."""
+    answer = await _raw_exchange(gateway, f"GET /api HTTP/1.1\r\nHost: {host}\r\n"
+                                          f"Authorization: Bearer {token}\r\n"
+                                          "Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("raw", ["/fwd%3Bx/secret", "/fwd%3bx/secret", "/fwd./secret",
+                                 "/fwd../secret"],
+                         ids=["encoded-semicolon", "encoded-semicolon-lower", "trailing-dot",
+                              "trailing-dots"])
+async def test_lenient_spellings_of_a_prefix_are_judged_by_its_route(
+        make_gateway: GatewayFactory, make_config: ConfigFactory, raw: str) -> None:
+    """`/admin%3Bx`, `/admin.` are judged by the `/admin` route (some upstreams read
+    them as `/admin`), never by a less protected catch-all."""
+    upstream = make_config().routes[0].upstream
+    client = await make_gateway(make_config(routes=[
+        {"prefix": "/fwd", "upstream": upstream, "auth": "required"},
+        {"prefix": "/", "upstream": upstream, "auth": "none"}]))
+    status, _ = await send_raw(client, raw)
+    assert status in (400, 401)

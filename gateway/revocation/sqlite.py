@@ -210,7 +210,7 @@ class SqliteRevocationStore:
 
     def _mark_synced(self) -> None:
         self._last_sync = self._clock()
-        self._status = StoreStatus(ready=True, detail=f"sqlite {self.path}")
+        self._status = StoreStatus(ready=True, detail="sqlite")
 
     def _check_fresh(self, max_staleness: float) -> None:
         """Raise StoreUnavailableError when the cache missed the feed for too long."""
