@@ -123,8 +123,13 @@ def hash_password_command() -> int:
             print("error: the passwords differ", file=sys.stderr)
             return EXIT_CONFIG
     else:
-        password = sys.stdin.read()
-        password = password.removesuffix("\n")
+        try:
+            password = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:
+            print("error: the password is not UTF-8 text", file=sys.stderr)
+            return EXIT_CONFIG
+        # one trailing newline, LF or CRLF (what a terminal or a Windows file adds)
+        password = password.removesuffix("\n").removesuffix("\r")
     if not password:
         print("error: empty password", file=sys.stderr)
         return EXIT_CONFIG

@@ -106,6 +106,22 @@ def _to_secret(value: object) -> Secret | None:
     return Secret(value)
 
 
+def is_valid_username(name: str) -> bool:
+    """Usernames become token subjects and then the identity header's value: printable,
+    unpadded, bounded, and without `,` (a comma would read as a list of users)."""
+    return (0 < len(name) <= 256 and name == name.strip() and name.isprintable()
+            and "," not in name)
+
+
+# Header names the gateway itself manages: none of them may be the identity header.
+_RESERVED_HEADERS = frozenset({
+    "host", "authorization", "cookie", "content-length", "transfer-encoding", "connection",
+    "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization",
+    "proxy-authenticate", "expect", "via", "forwarded", "x-forwarded-for",
+    "x-forwarded-proto", "x-forwarded-host", "x-request-id", "content-type",
+})
+
+
 def _positive(value: float) -> float:
     if value <= 0:
         raise ValueError("must be greater than zero")
@@ -169,6 +185,9 @@ class Users(_Model):
     @classmethod
     def _hashes_are_known(cls, value: dict[str, str]) -> dict[str, str]:
         for name, hashed in value.items():
+            if not is_valid_username(name):
+                raise ValueError(f"user {name!r}: a username must be printable, without "
+                                 "surrounding spaces or commas (it becomes a header value)")
             if not hashed.startswith(("$argon2id$", "$argon2i$", "$2b$", "$2a$", "$2y$")):
                 raise ValueError(f"user {name!r}: not an argon2 or bcrypt hash "
                                  "(make one with `gateway hash-password`)")
@@ -228,6 +247,8 @@ class Route(_Model):
     def _upstream_is_a_url(cls, value: str) -> str:
         from urllib.parse import urlsplit
 
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("not a URL: it contains spaces or control characters")
         try:
             parts = urlsplit(value)
             port = parts.port
@@ -264,6 +285,8 @@ class Config(_Model):
     def _is_header_name(cls, value: str) -> str:
         if not _HEADER_TOKEN.match(value):
             raise ValueError("not a valid HTTP header name")
+        if value.lower().replace("_", "-") in _RESERVED_HEADERS:
+            raise ValueError(f"{value} is a header the gateway manages itself")
         return value
 
     @field_validator("routes")
@@ -439,8 +462,12 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"<file>: {path} is not UTF-8 text"]) from None
     try:
         data = load_yaml(text)
+        return parse_config(data, environ, path.resolve().parent)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: not valid YAML: {exc}"]) from None
-    return parse_config(data, environ, path.resolve().parent)
+    except RecursionError:
+        raise ConfigError(["<file>: the YAML refers to itself (a recursive alias)"]) from None

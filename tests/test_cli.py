@@ -182,3 +182,17 @@ def test_short_secret_file_is_a_config_error(tmp_path: Path) -> None:
         resolve_secret(make_config(tmp_path), create=True)
     assert info.value.problems[0].startswith("tokens.secret: ")
     assert "zq7x-tiny" not in str(info.value)
+
+
+def test_hash_password_strips_a_crlf_line_ending(tmp_path: Path) -> None:
+    """`printf 'pw\\r\\n' | gateway hash-password` hashes `pw`, as a user typed it."""
+    result = run_gateway(tmp_path, "hash-password", stdin=b"pw\r\n")
+    assert result.returncode == 0
+    assert verify_password("pw", result.stdout.strip())
+
+
+def test_hash_password_refuses_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    """A password that is not UTF-8 is an error (exit 2), never a traceback."""
+    result = run_gateway(tmp_path, "hash-password", stdin=b"\xff\xfe")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr

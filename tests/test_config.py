@@ -486,3 +486,40 @@ def test_parse_config_does_not_mutate_its_input(tmp_path: Path) -> None:
     before = copy.deepcopy(data)
     parse(data, tmp_path)
     assert data == before
+
+
+@pytest.mark.parametrize("name", ["", " bob", "bob ", "a\tb", "marco, admin", "x" * 257],
+                         ids=["empty", "leading-space", "trailing-space", "tab", "comma",
+                              "too-long"])
+def test_usernames_that_cannot_be_a_header_value_are_refused(tmp_path: Path,
+                                                            name: str) -> None:
+    """A username becomes the identity header's value: printable, unpadded, no comma."""
+    problems = problems_of(valid_data(tmp_path, users={"inline": {name: HASH}}), tmp_path)
+    assert has_problem(problems, "users.inline: ")
+
+
+@pytest.mark.parametrize("header", ["Host", "authorization", "X-Forwarded-For", "Via",
+                                    "X_Forwarded_Proto", "Cookie"])
+def test_identity_header_cannot_be_a_header_the_gateway_manages(tmp_path: Path,
+                                                                header: str) -> None:
+    """The identity header must not collide with a header the gateway sets or strips."""
+    problems = problems_of(valid_data(tmp_path, identity_header=header), tmp_path)
+    assert has_problem(problems, "identity_header: ")
+
+
+def test_upstream_with_a_space_is_refused(tmp_path: Path) -> None:
+    """`http://127.0.0.1 :8080` is not a URL (it would pass and then fail every request)."""
+    routes = [{"prefix": "/", "upstream": "http://127.0.0.1 :8080"}]
+    assert has_problem(problems_of(valid_data(tmp_path, routes=routes), tmp_path),
+                       "routes[0].upstream: ")
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe garbage: 1\n", b"a: &a [*a]\n"],
+                         ids=["not-utf8", "recursive-alias"])
+def test_unreadable_config_is_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    """A config that is not UTF-8 or refers to itself is a ConfigError, not a traceback."""
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.problems[0].startswith("<file>: ")
