@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level)
     workers = args.workers or config.listen.workers
     if workers > 1:
-        from gateway.workers import run_workers
+        from gateway.workers import is_port_free, run_workers
+        if not is_port_free(config.listen.host, config.listen.port):
+            log.error("startup_failed reason=cannot listen on %s:%s: address already in use",
+                      config.listen.host, config.listen.port)
+            return EXIT_STARTUP
         return run_workers(config_path, workers)
     return serve(config, secret, reuse_port=args.reuse_port)
 
@@ -64,12 +68,19 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("-c", "--config", type=Path, default=None,
                              help="YAML file (default: config.yaml, then config.example.yaml)")
         if name == "serve":
-            command.add_argument("--workers", type=int, default=None,
+            command.add_argument("--workers", type=_positive_int, default=None,
                                  help="processes sharing the port (default: listen.workers)")
             command.add_argument("--reuse-port", action="store_true",
                                  help=argparse.SUPPRESS)  # set by the worker supervisor
     sub.add_parser("hash-password", help="read a password on stdin, print its argon2id hash")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
 
 
 def _config_path(given: Path | None) -> Path:

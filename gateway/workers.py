@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,22 @@ def _spawn(config_path: Path) -> subprocess.Popen[bytes]:
     # the worker started is still noticed.
     env = {**os.environ, "GATEWAY_SUPERVISOR_PID": str(os.getpid())}
     return subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module
+
+
+def is_port_free(host: str, port: int) -> bool:
+    """True when nothing holds `host:port`, checked with a plain bind (no SO_REUSEPORT).
+
+    Workers share the port with SO_REUSEPORT, which would also let them silently share it
+    with another gateway already running there; this check refuses that at start-up.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def run_workers(config_path: Path, count: int) -> int:

@@ -251,3 +251,31 @@ async def test_workers_share_revocations_through_sqlite(
     rejecting = {line.split("[")[1].split("]")[0] for line in gateway.logs().splitlines()
                  if "path=/api " in line and "status=401" in line}
     assert len(rejecting) == 2, "both workers answered, and both rejected the token"
+
+
+async def test_workers_refuse_a_port_another_gateway_holds(
+        write_config: Callable[..., Path], tmp_path: Path,
+        processes: list[GatewayProcess]) -> None:
+    """--workers never silently shares its port with a gateway already serving there."""
+    config = write_config()
+    first = GatewayProcess(config, tmp_path / "first.log", "--workers", "2")
+    processes.append(first)
+    first.start()
+    await first.wait_ready()
+    second = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "serve", "-c", str(config),
+                         "--workers", "2"],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, check=False)
+    assert second.returncode == 1
+    assert "address already in use" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-3", "65"])
+async def test_workers_count_must_be_sensible(tmp_path: Path, count: str) -> None:
+    """--workers takes 1 to 64; anything else is a usage error, not a silent fallback."""
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "serve", "--workers", count],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
