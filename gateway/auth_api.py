@@ -24,6 +24,7 @@ from gateway.tokens import fingerprint, is_valid_subject, issue_time
 
 log = logging.getLogger(__name__)
 MAX_LOGIN_BODY = 16 * 1024
+LOGIN_BODY_TIMEOUT = 10.0  # 16 KiB need not trickle in for longer
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
@@ -57,7 +58,7 @@ async def _read_login_body(request: web.BaseRequest) -> bytes:
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
         raise PayloadTooLargeError("The login body must be at most 16 KiB.")
     try:
-        return await LimitedBody(request, MAX_LOGIN_BODY).read_all()
+        return await LimitedBody(request, MAX_LOGIN_BODY, LOGIN_BODY_TIMEOUT).read_all()
     except PayloadTooLargeError:
         raise PayloadTooLargeError("The login body must be at most 16 KiB.") from None
 

@@ -224,6 +224,7 @@ class UpstreamTimeouts(_Model):
 
 class Limits(_Model):
     max_body: ByteSize = 10 * 1024 * 1024
+    client_timeout: PositiveDuration = 60.0  # longest wait for the next byte of a body
 
 
 class Route(_Model):

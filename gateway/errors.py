@@ -8,10 +8,12 @@ GatewayError                      500 internal_error
   BadCredentialsError             401 invalid_credentials
   NotFoundError                   404 not_found
   MethodNotAllowedError           405 method_not_allowed
+  RequestTimeoutError             408 request_timeout
   PayloadTooLargeError            413 payload_too_large
   UnsupportedMediaTypeError       415 unsupported_media_type
   RateLimitedError                429 rate_limited      (+ Retry-After)
   StoreUnavailableError           503 store_unavailable (+ Retry-After)
+  LoginBusyError                  503 login_busy        (+ Retry-After)
   UpstreamError                   502 bad_gateway   <- UpstreamTimeoutError 504 gateway_timeout
 ConfigError(problems: list[str])  never reaches HTTP
 ```
@@ -113,6 +115,12 @@ class MethodNotAllowedError(GatewayError):
         return {"Allow": self.allowed}
 
 
+class RequestTimeoutError(GatewayError):
+    status = 408
+    code = "request_timeout"
+    default_message = "The request body did not arrive in time."
+
+
 class PayloadTooLargeError(GatewayError):
     status = 413
     code = "payload_too_large"
@@ -144,6 +152,15 @@ class StoreUnavailableError(_RetryAfterError):
     status = 503
     code = "store_unavailable"
     default_message = "The revocation store is unavailable; try again later."
+
+    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(retry_after, message)
+
+
+class LoginBusyError(_RetryAfterError):
+    status = 503
+    code = "login_busy"
+    default_message = "Too many logins are being checked; try again shortly."
 
     def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
         super().__init__(retry_after, message)

@@ -63,7 +63,7 @@ def create_upstream_pool(config: Config) -> UpstreamPool:
 
 
 def _request_body(request: web.BaseRequest, headers: CIMultiDict[str],
-                  max_body: int) -> LimitedBody | None:
+                  max_body: int, client_timeout: float) -> LimitedBody | None:
     """Check the declared length and set the gateway's own framing headers."""
     if not request.body_exists:
         if request.method in _METHODS_WITH_BODY:
@@ -73,13 +73,14 @@ def _request_body(request: web.BaseRequest, headers: CIMultiDict[str],
         if request.content_length > max_body:
             raise PayloadTooLargeError()
         headers["Content-Length"] = str(request.content_length)
-    return LimitedBody(request, max_body)
+    return LimitedBody(request, max_body, client_timeout)
 
 
 async def forward(request: web.BaseRequest, services: Services, route: Route, target: str,
                   headers: CIMultiDict[str]) -> web.StreamResponse:
     """Send the request upstream and stream the answer back to the client."""
-    body = _request_body(request, headers, services.config.limits.max_body)
+    limits = services.config.limits
+    body = _request_body(request, headers, limits.max_body, limits.client_timeout)
     upstream = upstream_of(route)
     pool = services.pool
     if pool is not None and upstream.is_plain_http:
@@ -113,8 +114,8 @@ async def _forward_with_pool(request: web.BaseRequest, pool: UpstreamPool,
         upstream = await pool.request(address, head, is_head=request.method == "HEAD",
                                       body=body.chunks() if body else None, chunked=chunked)
     except UpstreamFailure as exc:
-        if body is not None and body.exceeded:
-            raise PayloadTooLargeError() from exc
+        if body is not None and body.failure is not None:
+            raise body.failure from exc
         raise _upstream_error(exc, host, metrics) from exc
     try:
         return await _relay_from_pool(request, upstream, metrics)
@@ -187,8 +188,8 @@ async def _forward_with_session(request: web.BaseRequest, session: aiohttp.Clien
                                          data=body.chunks() if body else None,
                                          allow_redirects=False, compress=None)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        if body is not None and body.exceeded:
-            raise PayloadTooLargeError() from exc
+        if body is not None and body.failure is not None:
+            raise body.failure from exc
         raise _upstream_error(exc, url.origin(), metrics) from exc
     try:
         return await _relay_from_session(request, upstream, metrics)

@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.errors import PayloadTooLargeError
-
-_CHUNK = 64 * 1024
+from gateway.errors import GatewayError, PayloadTooLargeError, RequestTimeoutError
 
 
 class LimitedBody:
-    """The request body, streamed and counted as it passes; over `max_body` stops it.
+    """The request body, streamed and counted as it passes.
 
-    The upstream clients wrap an error raised by a body generator in their own errors,
-    so `exceeded` tells the caller that the upstream failure was really a 413.
+    Over `max_body` is a 413; no byte from the client for `read_timeout` seconds is a 408
+    (a slowly trickled body must not hold a connection and an upstream forever). The
+    upstream clients wrap an error raised by a body generator in their own errors, so
+    `failure` tells the caller what the upstream failure really was.
     """
 
-    def __init__(self, request: web.BaseRequest, max_body: int) -> None:
+    def __init__(self, request: web.BaseRequest, max_body: int, read_timeout: float) -> None:
         self._request = request
         self._content = request.content
         self._max_body = max_body
-        self.exceeded = False
+        self._read_timeout = read_timeout
+        self.failure: GatewayError | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         await send_continue_if_expected(self._request)
         seen = 0
-        async for chunk in self._content.iter_chunked(_CHUNK):
+        while True:
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    chunk = await self._content.readany()
+            except TimeoutError:
+                self.failure = RequestTimeoutError()
+                raise self.failure from None
+            if not chunk:
+                return
             seen += len(chunk)
             if seen > self._max_body:
-                self.exceeded = True
-                raise PayloadTooLargeError()
+                self.failure = PayloadTooLargeError()
+                raise self.failure
             yield chunk
 
     async def read_all(self) -> bytes:

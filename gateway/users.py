@@ -21,7 +21,7 @@ import bcrypt
 import yaml
 
 from gateway.config import Users, load_yaml
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, LoginBusyError
 
 log = logging.getLogger(__name__)
 _hasher = argon2.PasswordHasher()  # argon2id, RFC 9106 defaults of argon2-cffi
@@ -99,17 +99,32 @@ def _dummy_hash() -> str:
 class PasswordChecker:
     """Checks credentials off the event loop, with bounded parallelism (argon2 uses ~64 MiB)."""
 
-    def __init__(self, store: CredentialStore, workers: int = 2) -> None:
+    def __init__(self, store: CredentialStore, workers: int = 2,
+                 max_pending: int = 32) -> None:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
         self._dummy_hash = _dummy_hash()
+        self._max_pending = max_pending
+        self._pending = 0
 
     async def check(self, username: str, password: str) -> bool:
-        """True only for a known user with the right password; same cost either way."""
+        """True only for a known user with the right password; same cost either way.
+
+        At most `max_pending` checks queue up (about 1.5 s of work at ~0.1 s a hash on two
+        threads); beyond that a login is refused at once with 503 rather than wait behind
+        a flood.
+        """
+        if self._pending >= self._max_pending:
+            raise LoginBusyError()
         stored = self._store.password_hash(username)
         hashed = stored if stored is not None else self._dummy_hash
         loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(self._executor, verify_password, password, hashed)
+        self._pending += 1
+        try:
+            matches = await loop.run_in_executor(self._executor, verify_password, password,
+                                                 hashed)
+        finally:
+            self._pending -= 1
         return matches and stored is not None
 
     def close(self) -> None:

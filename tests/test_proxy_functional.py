@@ -565,3 +565,15 @@ async def test_lenient_spellings_of_a_prefix_are_judged_by_its_route(
         {"prefix": "/", "upstream": upstream, "auth": "none"}]))
     status, _ = await send_raw(client, raw)
     assert status in (400, 401)
+
+
+async def test_trickled_request_body_times_out_with_408(
+        make_gateway: GatewayFactory, make_config: ConfigFactory, token: str) -> None:
+    """A body whose next byte does not come within limits.client_timeout is a 408, and
+    the connection is not held for ever."""
+    client = await make_gateway(make_config(limits={"max_body": "64KiB",
+                                                    "client_timeout": "300ms"}))
+    head = (f"POST /api HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Length: 10\r\nConnection: close\r\n\r\nabc")
+    answer = await _raw_exchange(client, head)
+    assert answer.startswith(b"HTTP/1.1 408")

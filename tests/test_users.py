@@ -168,3 +168,23 @@ def test_build_credentials_merges_inline_and_file_users(tmp_path: Path) -> None:
     assert store.password_hash("bob") == BCRYPT_HASH
     assert store.password_hash("carol") == CHEAP_ARGON2_HASH
     assert store.password_hash("dave") is None
+
+
+async def test_a_login_flood_is_shed_with_login_busy_not_queued_forever() -> None:
+    """Beyond max_pending checks in flight, a login is refused at once (503 login_busy)."""
+    import asyncio
+
+    from gateway.errors import LoginBusyError
+    from gateway.users import InlineCredentials, PasswordChecker
+
+    checker = PasswordChecker(InlineCredentials({}), workers=1, max_pending=2)
+    try:
+        first = asyncio.create_task(checker.check("a", "x"))
+        second = asyncio.create_task(checker.check("b", "x"))
+        await asyncio.sleep(0)  # both are now in flight
+        with pytest.raises(LoginBusyError):
+            await checker.check("c", "x")
+        assert await first is False and await second is False
+        assert await checker.check("d", "x") is False, "room again once they finished"
+    finally:
+        checker.close()
