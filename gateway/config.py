@@ -155,7 +155,8 @@ class Listen(_Model):
     host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod address by default
     port: int = Field(default=8081, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    keepalive_timeout: PositiveDuration = 75.0  # idle client connections are closed after
+    # a client connection without a complete request head for this long is closed
+    keepalive_timeout: PositiveDuration = 75.0
 
 
 class Tokens(_Model):

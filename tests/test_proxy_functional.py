@@ -577,3 +577,26 @@ async def test_trickled_request_body_times_out_with_408(
             "Content-Length: 10\r\nConnection: close\r\n\r\nabc")
     answer = await _raw_exchange(client, head)
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_connection_trickling_its_headers_is_closed(
+        make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
+    """Slowloris: a connection that has not sent a complete request head within
+    listen.keepalive_timeout is closed."""
+    client = await make_gateway(make_config(listen={"host": "127.0.0.1", "port": 0,
+                                                    "keepalive_timeout": "500ms"}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    started = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(5):
+            for byte in b"GET /public/x HTTP/1.1\r\nHost: h\r\nX-Slow: " + b"a" * 100:
+                if reader.at_eof():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+            assert await reader.read() == b""
+    except ConnectionError:
+        pass  # closed while we were still writing: what the rule asks for
+    finally:
+        writer.close()
+    assert asyncio.get_running_loop().time() - started < 3
