@@ -1,4 +1,8 @@
-"""Wire configuration, stores and handlers into one aiohttp application (DESIGN §1)."""
+"""Wire configuration, stores and handlers into the gateway's one request handler (DESIGN §1).
+
+`create_gateway()` builds a `Gateway`: `gateway serve` runs its handler on aiohttp's
+low-level server; `create_app()` wraps the same handler in a `web.Application`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from gateway import auth_api
 from gateway.authentication import authenticate, authenticate_optional
 from gateway.clock import Clock
-from gateway.config import Config, Secret
+from gateway.config import Config, Route, Secret
 from gateway.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from gateway.headers import build_upstream_headers
 from gateway.keys import request_id_key, services_key
@@ -95,18 +100,8 @@ async def proxy_request(request: web.BaseRequest, services: Services, path: str,
     route = services.routes.match(path)
     if route is None:
         raise NotFoundError()
-    claims: Claims | None
-    if route.auth == "required":
-        claims = authenticate(services, request.headers)
-    elif route.auth == "optional":
-        claims = authenticate_optional(services, request.headers)
-    else:
-        claims = None
-    host = request.headers.get("Host")
-    if host is not None and not _VALID_HOST.fullmatch(host):
-        # SECURITY: RFC 9112 §3.2 - an invalid Host is a 400, never passed on upstream
-        # as X-Forwarded-Host (where it could poison links or caches).
-        raise BadRequestError("The Host header is not a valid host[:port].")
+    claims = _identify(services, route, request.headers)
+    host = _checked_host(request.headers)
     websocket = is_websocket_upgrade(request.headers, request.method)
     headers = build_upstream_headers(
         request.headers,
@@ -120,6 +115,25 @@ async def proxy_request(request: web.BaseRequest, services: Services, path: str,
         url = URL(upstream_of(route).origin + target, encoded=True)
         return await proxy_websocket(request, services, url, headers, claims)
     return await forward(request, services, route, target, headers)
+
+
+def _identify(services: Services, route: Route,
+              headers: CIMultiDictProxy[str]) -> Claims | None:
+    """The caller's claims as the route's `auth` mode asks for them (401 when required)."""
+    if route.auth == "required":
+        return authenticate(services, headers)
+    if route.auth == "optional":
+        return authenticate_optional(services, headers)
+    return None
+
+
+def _checked_host(headers: CIMultiDictProxy[str]) -> str | None:
+    """SECURITY: RFC 9112 §3.2 - an invalid Host is a 400, never passed on upstream as
+    X-Forwarded-Host (where it could poison links or caches)."""
+    host = headers.get("Host")
+    if host is not None and not _VALID_HOST.fullmatch(host):
+        raise BadRequestError("The Host header is not a valid host[:port].")
+    return host
 
 
 def build_revocation_store(config: Config, clock: Clock) -> RevocationStore:
