@@ -28,13 +28,13 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.yamlfile import expand_env, load_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
                "GB": 1000**3, "GiB": 1024**3}
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA")
 MIN_SECRET_BYTES = 32
@@ -303,51 +303,6 @@ class Config(_Model):
         return value
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (safe_load silently keeps the last)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
-def expand_env(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    """Replace `${NAME}` / `${NAME:-default}` in every string, recording unset names."""
-    if isinstance(value, str):
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            value = environ.get(name)
-            if default is not None:
-                return value or default  # POSIX `:-`: unset or empty takes the default
-            if value is not None:
-                return value
-            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
-            return ""
-        return _ENV_REF.sub(substitute, value)
-    if isinstance(value, dict):
-        return {k: expand_env(v, environ, _join(path, str(k)), problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    return value
-
-
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -450,11 +405,6 @@ def parse_config(data: object, environ: Mapping[str, str], base: Path) -> Config
     if problems:
         raise ConfigError(problems)
     return config
-
-
-def load_yaml(text: str) -> Any:
-    """Parse YAML safely, refusing duplicate keys; raises yaml.YAMLError."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

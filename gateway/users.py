@@ -20,8 +20,9 @@ import argon2
 import bcrypt
 import yaml
 
-from gateway.config import Users, load_yaml
+from gateway.config import Users
 from gateway.errors import ConfigError, LoginBusyError
+from gateway.yamlfile import load_yaml
 
 log = logging.getLogger(__name__)
 _hasher = argon2.PasswordHasher()  # argon2id, RFC 9106 defaults of argon2-cffi
