@@ -19,6 +19,7 @@ from gateway.observability import Metrics
 log = logging.getLogger(__name__)
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+SERVER_NAME = "gateway"
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never sent
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
@@ -77,6 +78,8 @@ def with_request_handling(handler: Handler, metrics: Metrics) -> Handler:
                                       "The gateway failed to handle the request.")
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
+            # aiohttp would announce itself and its version
+            response.headers.setdefault("Server", SERVER_NAME)
         metrics.observe(response.status, time.perf_counter() - started)
         return response
 

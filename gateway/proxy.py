@@ -22,6 +22,7 @@ from gateway.config import Config, Route
 from gateway.errors import PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
 from gateway.headers import filter_response_headers
 from gateway.keys import request_id_key
+from gateway.middleware import SERVER_NAME
 from gateway.observability import Metrics
 from gateway.request_body import LimitedBody
 from gateway.routing import upstream_of
@@ -128,6 +129,7 @@ def _response_headers(request: web.BaseRequest, upstream: CIMultiDict[str] | CIM
     """The upstream's answer headers as the client gets them, with the request id."""
     headers = filter_response_headers(upstream)
     headers["X-Request-Id"] = request[request_id_key]
+    headers.setdefault("Server", SERVER_NAME)  # the upstream's own, else not aiohttp's
     return headers
 
 

@@ -600,3 +600,11 @@ async def test_connection_trickling_its_headers_is_closed(
     finally:
         writer.close()
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_own_answers_never_announce_aiohttp(gateway: Client) -> None:
+    """The gateway's own answers (local endpoints, errors) say `Server: gateway`, not
+    aiohttp's version banner."""
+    for response in (await gateway.get("/healthz"), await gateway.get("/api")):
+        await response.read()
+        assert response.headers["Server"] == "gateway"

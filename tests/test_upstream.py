@@ -1064,3 +1064,14 @@ async def test_compressed_request_body_is_forwarded_byte_for_byte(
     head, _, received = server.requests[0].partition(b"\r\n\r\n")
     assert received == body
     assert header_fields(head + b"\r\n")["content-length"] == str(len(body))
+
+
+async def test_gateway_names_itself_when_the_upstream_sends_no_server(
+        gateway_to: GatewayTo) -> None:
+    """A proxied answer without a Server header gets `Server: gateway`, never aiohttp's
+    version banner; an upstream's own Server header would be passed on unchanged."""
+    client, _ = await gateway_to(replies(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    async with asyncio.timeout(DEADLINE):
+        response = await client.get("/x")
+        assert (response.status, await response.read()) == (200, b"ok")
+    assert response.headers["Server"] == "gateway"
