@@ -266,3 +266,29 @@ async def test_token_issued_at_the_cutoff_instant_is_revoked(
     token = await login(client)
     assert (await client.post("/user/logout_all", headers=bearer(token))).status == 204
     assert (await client.get("/x", headers=bearer(token))).status == 401
+
+
+async def test_rs256_gateway_publishes_its_public_key_and_signs_with_it(
+        make_gateway: GatewayFactory, make_config: ConfigFactory, tmp_path: Any) -> None:
+    """With RS256, /.well-known/jwks.json holds the public key (no private parts) whose
+    kid the issued tokens carry, and those tokens open protected routes."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "signing.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    client = await make_gateway(make_config(tokens={"algorithm": "RS256", "ttl": "1h",
+                                                    "private_key_file": str(pem)}))
+    jwks = await (await client.get("/.well-known/jwks.json")).json()
+    assert len(jwks["keys"]) == 1
+    published = jwks["keys"][0]
+    assert published["alg"] == "RS256" and "d" not in published
+    token = await login(client)
+    assert jwt.get_unverified_header(token)["kid"] == published["kid"]
+    public = jwt.PyJWK(published).key
+    assert jwt.decode(token, public, algorithms=["RS256"], issuer="gateway")["sub"] == "marco"
+    assert (await client.get("/x", headers=bearer(token))).status == 200
