@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from tests.conftest import ConfigFactory, GatewayFactory, bearer, login
 from tests.fakes import FakeClock
+from tests.rawhttp import dechunk
 
 Client = TestClient[Any, Any]
 
@@ -44,19 +45,8 @@ async def send_raw(client: Client, target: str, headers: dict[str, str] | None =
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in head.lower():
-        body = _unchunk(body)
+        body = dechunk(body)
     return status, json.loads(body) if body else {}
-
-
-def _unchunk(data: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return out
-        out += data[:size]
-        data = data[size + 2:]
 
 
 async def echoed(response: aiohttp.ClientResponse) -> dict[str, Any]:

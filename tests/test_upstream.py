@@ -25,6 +25,7 @@ from gateway.upstream import (
     encode_request_head,
 )
 from tests.conftest import ConfigFactory, GatewayFactory
+from tests.rawhttp import dechunk
 
 READ_TIMEOUT = 0.3
 PAUSE = 0.05  # between the parts of an answer sent in pieces, so each arrives as its own read
@@ -157,16 +158,6 @@ async def read_request_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
             if size == 0:
                 return raw
     return await reader.readexactly(int(fields.get("content-length", "0")))
-
-
-def dechunk(raw: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, raw = raw.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return out
-        out, raw = out + raw[:size], raw[size + 2:]
 
 
 def replies(*answers: Answer) -> Handler:
