@@ -9,17 +9,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway import auth_api
-from gateway.authentication import authenticate, authenticate_optional
+from gateway.authentication import authenticate, authenticate_of, authenticate_optional
 from gateway.clock import Clock
 from gateway.config import Config, Route, Secret
 from gateway.errors import BadRequestError, MethodNotAllowedError, NotFoundError
-from gateway.headers import build_upstream_headers
+from gateway.headers import upstream_fields
 from gateway.keys import request_id_key, services_key
 from gateway.middleware import with_request_handling
 from gateway.observability import METRICS_CONTENT_TYPE, Metrics
@@ -100,40 +101,64 @@ async def proxy_request(request: web.BaseRequest, services: Services, path: str,
     route = services.routes.match(path)
     if route is None:
         raise NotFoundError()
-    claims = _identify(services, route, request.headers)
-    host = _checked_host(request.headers)
-    websocket = is_websocket_upgrade(request.headers, request.method)
-    headers = build_upstream_headers(
-        request.headers,
+    headers = request.headers
+    plan = plan_forward(services, route, path, query, list(headers.items()),
+                        authorization=headers.getall("Authorization", []),
+                        host=headers.get("Host"),
+                        websocket=is_websocket_upgrade(headers, request.method),
+                        peer=request.remote, scheme=request.scheme,
+                        request_id=request[request_id_key])
+    upstream_headers = CIMultiDict(plan.fields)
+    if plan.websocket:
+        url = URL(upstream_of(route).origin + plan.target, encoded=True)
+        return await proxy_websocket(request, services, url, upstream_headers, plan.claims)
+    return await forward(request, services, route, plan.target, upstream_headers)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    """What to send upstream for one request, decided before any byte goes out."""
+
+    claims: Claims | None
+    target: str                       # path and query on the upstream
+    fields: list[tuple[str, str]]     # the upstream request's headers, in order
+    websocket: bool
+
+
+def plan_forward(services: Services, route: Route, path: str, query: str,
+                 fields: list[tuple[str, str]], *, authorization: list[str],
+                 host: str | None, websocket: bool, peer: str | None, scheme: str,
+                 request_id: str) -> ForwardPlan:
+    """Authenticate for `route` and build the upstream request (shared by aiohttp's
+    handler and the fast path, so both apply exactly the same rules).
+
+    `authorization` holds the request's Authorization values and `host` its Host.
+    """
+    claims = _identify(services, route, authorization)
+    _check_host(host)
+    upstream = upstream_fields(
+        fields,
         identity=claims.subject if claims is not None else None,
         identity_header=services.config.identity_header,
         forward_authorization=route.forward_authorization,
-        peer=request.remote, scheme=request.scheme, host=host,
-        request_id=request[request_id_key], websocket=websocket)
-    target = upstream_target(route, path, query)
-    if websocket:
-        url = URL(upstream_of(route).origin + target, encoded=True)
-        return await proxy_websocket(request, services, url, headers, claims)
-    return await forward(request, services, route, target, headers)
+        peer=peer, scheme=scheme, host=host, request_id=request_id, websocket=websocket)
+    return ForwardPlan(claims, upstream_target(route, path, query), upstream, websocket)
 
 
-def _identify(services: Services, route: Route,
-              headers: CIMultiDictProxy[str]) -> Claims | None:
+def _identify(services: Services, route: Route, authorization: list[str]) -> Claims | None:
     """The caller's claims as the route's `auth` mode asks for them (401 when required)."""
     if route.auth == "required":
-        return authenticate(services, headers)
+        return authenticate_of(services, authorization)
     if route.auth == "optional":
-        return authenticate_optional(services, headers)
+        return authenticate_optional(services, authorization)
     return None
 
 
-def _checked_host(headers: CIMultiDictProxy[str]) -> str | None:
+def _check_host(host: str | None) -> None:
     """SECURITY: RFC 9112 §3.2 - an invalid Host is a 400, never passed on upstream as
     X-Forwarded-Host (where it could poison links or caches)."""
-    host = headers.get("Host")
     if host is not None and not _VALID_HOST.fullmatch(host):
         raise BadRequestError("The Host header is not a valid host[:port].")
-    return host
 
 
 def build_revocation_store(config: Config, clock: Clock) -> RevocationStore:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config, Secret, load_config
 from gateway.errors import ConfigError
-from gateway.observability import access_logger_class, configure_logging
+from gateway.observability import configure_logging
 
 log = logging.getLogger("gateway")
 EXIT_CONFIG = 2
@@ -173,6 +173,7 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
 
 async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> None:
     from gateway.app import create_gateway
+    from gateway.fastpath import build_server
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,9 +185,7 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
     except Exception as exc:  # whatever a store raises when it cannot open
         await gateway.close()
         raise StartupError(f"revocation store: {exc}") from exc
-    server = web.Server(gateway.handle, access_log_class=access_logger_class(config.access_log),
-                        access_log=logging.getLogger("aiohttp.access"),
-                        **gateway.server_options())  # type: ignore[arg-type]
+    server = build_server(gateway)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=30.0)
     await runner.setup()
     try:

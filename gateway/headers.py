@@ -5,6 +5,7 @@ stripping and injection, X-Forwarded-* and Via. No I/O; one pass over the header
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cache
 
 from multidict import CIMultiDict, MultiMapping
@@ -28,7 +29,6 @@ _SPOOFABLE = frozenset({
 })
 # Values kept and the gateway's own entry appended (RFC 9110 §7.6.3 for Via).
 _REQUEST_APPENDED = frozenset({"x-forwarded-for", "via"})
-_RESPONSE_APPENDED = frozenset({"via"})
 _REQUEST_DROP = HOP_BY_HOP | _FRAMING | _GATEWAY_SET | _SPOOFABLE | {"expect", "host"}
 _RESPONSE_DROP = HOP_BY_HOP | _FRAMING
 _VIA_ENTRY = "1.1 gateway"
@@ -54,31 +54,21 @@ def _request_drop_set(identity: str, forward_authorization: bool) -> frozenset[s
     return drop
 
 
-def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
-    """Normalised header names listed in every `Connection` header (RFC 9110 §7.6.1)."""
-    tokens = (token.strip() for value in headers.getall("Connection", ()) for token in
-              value.split(","))
+def _tokens(values: Iterable[str]) -> frozenset[str]:
+    """Normalised header names listed in `Connection` header values (RFC 9110 §7.6.1)."""
+    tokens = (token.strip() for value in values for token in value.split(","))
     return frozenset(normalise_name(token) for token in tokens if token)
 
 
-def _drop_set(base: frozenset[str], headers: MultiMapping[str], upgrade: bool) -> frozenset[str]:
-    """`base` plus the headers the sender named in Connection; Upgrade kept for websockets."""
-    drop = base
-    if "Connection" in headers:
-        # SECURITY: RFC 9110 §7.6.1 - a field named in Connection is hop-by-hop.
-        drop = drop | _connection_tokens(headers)
-    return drop - {"upgrade"} if upgrade else drop
-
-
 def _copy(
-    headers: MultiMapping[str], drop: frozenset[str], appended: frozenset[str]
-) -> tuple[CIMultiDict[str], dict[str, list[str]]]:
-    """Copy every header not in `drop`, in order; collect the values of `appended` ones."""
-    out: CIMultiDict[str] = CIMultiDict()
+    fields: list[tuple[str, str]], drop: frozenset[str], appended: frozenset[str]
+) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """Copy every field not in `drop`, in order; collect the values of `appended` ones."""
+    out: list[tuple[str, str]] = []
     collected: dict[str, list[str]] = {name: [] for name in appended}
-    for name, value in headers.items():
+    for name, value in fields:
         lower = name.lower()
-        normal = lower.replace("_", "-")
+        normal = lower.replace("_", "-") if "_" in lower else lower
         if normal in drop:
             continue
         if normal in appended:
@@ -87,7 +77,7 @@ def _copy(
             if lower == normal:
                 collected[normal].append(value)
             continue
-        out.add(name, value)
+        out.append((name, value))
     return out, collected
 
 
@@ -109,20 +99,45 @@ def build_upstream_headers(
     request_id: str | None,
     websocket: bool = False,
 ) -> CIMultiDict[str]:
-    """The headers to send upstream for a client request's `headers`.
+    """The headers to send upstream for a client request's `headers` (see `upstream_fields`)."""
+    return CIMultiDict(upstream_fields(
+        list(headers.items()), identity=identity, identity_header=identity_header,
+        forward_authorization=forward_authorization, peer=peer, scheme=scheme, host=host,
+        request_id=request_id, websocket=websocket))
+
+
+def upstream_fields(
+    fields: list[tuple[str, str]],
+    *,
+    identity: str | None,
+    identity_header: str,
+    forward_authorization: bool,
+    peer: str | None,
+    scheme: str,
+    host: str | None,
+    request_id: str | None,
+    websocket: bool = False,
+) -> list[tuple[str, str]]:
+    """The (name, value) fields to send upstream for a client request's `fields`.
 
     Removes hop-by-hop, framing and spoofable headers and every spelling of the identity
     header, then injects what the gateway vouches for, last, so nothing the client sent
     (not even `Connection: X-Auth-UserId`) can remove it.
     """
     _refuse_control_characters(identity, peer, host, request_id, scheme)
-    base = _request_drop_set(normalise_name(identity_header), forward_authorization)
-    out, appended = _copy(headers, _drop_set(base, headers, websocket), _REQUEST_APPENDED)
-    if websocket and "Upgrade" in out:
-        out.add("Connection", "Upgrade")
+    drop = _request_drop_set(normalise_name(identity_header), forward_authorization)
+    connection = [value for name, value in fields if name.lower() == "connection"]
+    if connection:
+        # SECURITY: RFC 9110 §7.6.1 - a field named in Connection is hop-by-hop.
+        drop = drop | _tokens(connection)
+    if websocket:
+        drop = drop - {"upgrade"}
+    out, appended = _copy(fields, drop, _REQUEST_APPENDED)
+    if websocket and any(name.lower() == "upgrade" for name, _ in out):
+        out.append(("Connection", "Upgrade"))
     _add_if_set(out, "X-Forwarded-For", _joined(appended["x-forwarded-for"], peer))
     _add_if_set(out, "Via", _joined(appended["via"], _VIA_ENTRY))
-    out.add("X-Forwarded-Proto", scheme)
+    out.append(("X-Forwarded-Proto", scheme))
     _add_if_set(out, "X-Forwarded-Host", host)
     _add_if_set(out, "X-Request-Id", request_id)
     _add_if_set(out, identity_header, identity)
@@ -137,17 +152,42 @@ def filter_response_headers(
     Repeated headers (Set-Cookie) stay in order; Via gains the gateway's entry. With
     `keep_upgrade` (a websocket 101) Upgrade is kept and `Connection: Upgrade` sent.
     """
-    drop = _drop_set(_RESPONSE_DROP, headers, keep_upgrade)
-    out, appended = _copy(headers, drop, _RESPONSE_APPENDED)
+    out = CIMultiDict(response_fields(list(headers.items()), keep_upgrade=keep_upgrade))
     if keep_upgrade and "Upgrade" in out:
         out.add("Connection", "Upgrade")
-    _add_if_set(out, "Via", _joined(appended["via"], _VIA_ENTRY))
     return out
 
 
-def _add_if_set(out: CIMultiDict[str], name: str, value: str | None) -> None:
+def response_fields(fields: list[tuple[str, str]], *,
+                    keep_upgrade: bool = False) -> list[tuple[str, str]]:
+    """`filter_response_headers` on a list of (name, value) pairs, without `Connection:
+    Upgrade` (the fast path writes these pairs straight into the client's answer)."""
+    drop = _RESPONSE_DROP
+    connection = [value for name, value in fields if name.lower() == "connection"]
+    if connection:
+        # SECURITY: RFC 9110 §7.6.1 - a field named in Connection is hop-by-hop.
+        drop = drop | _tokens(connection)
+    if keep_upgrade:
+        drop = drop - {"upgrade"}
+    out: list[tuple[str, str]] = []
+    via: list[str] = []
+    for name, value in fields:
+        lower = name.lower()
+        normal = lower.replace("_", "-") if "_" in lower else lower
+        if normal in drop:
+            continue
+        if normal == "via":
+            if lower == normal:  # SECURITY: a look-alike spelling is dropped, not appended to
+                via.append(value)
+            continue
+        out.append((name, value))
+    out.append(("Via", _joined(via, _VIA_ENTRY) or _VIA_ENTRY))
+    return out
+
+
+def _add_if_set(out: list[tuple[str, str]], name: str, value: str | None) -> None:
     if value is not None:
-        out.add(name, value)
+        out.append((name, value))
 
 
 def _refuse_control_characters(*values: str | None) -> None:

@@ -34,11 +34,22 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
+def safe_request_id(incoming: str | None) -> str | None:
+    """A client's X-Request-Id when it is safe to log and forward, else None."""
+    if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return None
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The gateway's one error format: `{"error": code, "message": sentence}`."""
+    return json.dumps({"error": code, "message": message}).encode()
+
+
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> web.Response:
-    """The gateway's one error format: `{"error": code, "message": sentence}`."""
-    body = json.dumps({"error": code, "message": message}).encode()
-    response = web.Response(status=status, body=body, headers=headers)
+    """An error answer in the gateway's one format (see `error_body`)."""
+    response = web.Response(status=status, body=error_body(code, message), headers=headers)
     response.content_type = "application/json"
     response.charset = "utf-8"
     return response
@@ -57,9 +68,7 @@ def with_request_handling(handler: Handler, metrics: Metrics) -> Handler:
     """
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        incoming = request.headers.get("X-Request-Id")
-        request_id = (incoming if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
-                      else new_request_id())
+        request_id = safe_request_id(request.headers.get("X-Request-Id")) or new_request_id()
         request[request_id_key] = request_id
         started = time.perf_counter()
         try:

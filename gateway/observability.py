@@ -127,16 +127,23 @@ class AccessLogger(AbstractAccessLogger):
     mode: AccessLogMode = "errors"
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if self.mode == "errors" and response.status < 400:
-            return
-        self.logger.info(
-            "request method=%s path=%s status=%s duration_ms=%.2f peer=%s request_id=%s",
-            request.method, request.raw_path.partition("?")[0][:256], response.status,
-            time * 1000, request.remote, response.headers.get("X-Request-Id", "-"))
+        log_access(self.logger, self.mode, request.method, request.raw_path, response.status,
+                   time, request.remote, response.headers.get("X-Request-Id", "-"))
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off" and self.logger.isEnabledFor(logging.INFO)
+
+
+def log_access(logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+               mode: AccessLogMode, method: str, raw_path: str, status: int, seconds: float,
+               peer: str | None, request_id: str) -> None:
+    """The access line of one answered request (both serving paths write it here)."""
+    if mode == "off" or (mode == "errors" and status < 400):
+        return
+    logger.info("request method=%s path=%s status=%s duration_ms=%.2f peer=%s request_id=%s",
+                method, raw_path.partition("?")[0][:256], status, seconds * 1000, peer,
+                request_id)
 
 
 def access_logger_class(mode: AccessLogMode) -> type[AccessLogger]:

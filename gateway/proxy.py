@@ -93,7 +93,7 @@ async def forward(request: web.BaseRequest, services: Services, route: Route, ta
                                        services.metrics)
 
 
-def _upstream_error(exc: BaseException, origin: object, metrics: Metrics) -> UpstreamError:
+def upstream_error(exc: BaseException, origin: object, metrics: Metrics) -> UpstreamError:
     """Translate a failure before the answer started: timeout 504, else 502."""
     if isinstance(exc, TimeoutError | UpstreamTimeout):  # ServerTimeoutError is both
         metrics.upstream_errors["timeout"] += 1
@@ -117,7 +117,7 @@ async def _forward_with_pool(request: web.BaseRequest, pool: UpstreamPool,
     except UpstreamFailure as exc:
         if body is not None and body.failure is not None:
             raise body.failure from exc
-        raise _upstream_error(exc, host, metrics) from exc
+        raise upstream_error(exc, host, metrics) from exc
     try:
         return await _relay_from_pool(request, upstream, metrics)
     finally:
@@ -192,7 +192,7 @@ async def _forward_with_session(request: web.BaseRequest, session: aiohttp.Clien
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         if body is not None and body.failure is not None:
             raise body.failure from exc
-        raise _upstream_error(exc, url.origin(), metrics) from exc
+        raise upstream_error(exc, url.origin(), metrics) from exc
     try:
         return await _relay_from_session(request, upstream, metrics)
     finally:

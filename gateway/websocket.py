@@ -9,7 +9,7 @@ import logging
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from gateway.errors import StoreUnavailableError, UpstreamError
@@ -24,7 +24,7 @@ POLICY_VIOLATION = 1008
 CHECK_INTERVAL = 1.0
 
 
-def is_websocket_upgrade(headers: CIMultiDictProxy[str], method: str) -> bool:
+def is_websocket_upgrade(headers: MultiMapping[str], method: str) -> bool:
     """A GET asking to upgrade to websocket (RFC 6455 §4.1)."""
     if method != "GET" or headers.get("Upgrade", "").lower() != "websocket":
         return False
