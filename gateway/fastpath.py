@@ -144,8 +144,8 @@ class _Request:
 class _Head:
     """What the parser callbacks collect from one request head."""
 
-    __slots__ = ("authorization", "complete", "fields", "host", "request_id", "singletons",
-                 "url")
+    __slots__ = ("authorization", "complete", "fields", "host", "keep_alive", "request_id",
+                 "singletons", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -155,6 +155,7 @@ class _Head:
         self.request_id: str | None = None
         self.singletons: set[bytes] = set()
         self.complete = False
+        self.keep_alive = False
 
 
 class FastConnection(asyncio.Protocol):
@@ -241,7 +242,10 @@ class FastConnection(asyncio.Protocol):
             head.request_id = text
 
     def on_message_complete(self) -> None:
-        self._head_parsed.complete = True
+        head = self._head_parsed
+        head.complete = True
+        # llhttp forgets the message's keep-alive flags once the callback returns
+        head.keep_alive = self._parser.should_keep_alive()
 
     # -- reading requests ------------------------------------------------------------------
     def _next_request(self) -> None:
@@ -287,7 +291,7 @@ class FastConnection(asyncio.Protocol):
         if route is not None and not upstream_of(route).is_plain_http:
             return None
         return _Request(method.decode("ascii"), raw_path, path, query, route, head,
-                        close=not parser.should_keep_alive())
+                        close=not head.keep_alive)
 
     def _hand_over(self) -> None:
         """Give the connection, unanswered bytes included, to aiohttp's handler."""
@@ -432,8 +436,9 @@ class FastConnection(asyncio.Protocol):
     def _write_error(self, request: _Request, status: int, body: bytes,
                      extra: dict[str, str]) -> None:
         fields = [*extra.items(), ("Content-Type", "application/json; charset=utf-8")]
-        self._write(self._head(request, status, fields, f"Content-Length: {len(body)}\r\n")
-                    + body)
+        head = self._head(request, status, fields, f"Content-Length: {len(body)}\r\n")
+        # RFC 9110 §9.3.2: an answer to HEAD has no body (its length says what GET's would be)
+        self._write(head if request.method == "HEAD" else head + body)
 
     def _write(self, data: bytes) -> None:
         if self._transport is None or self._closed:

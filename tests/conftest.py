@@ -11,11 +11,12 @@ from typing import Any
 import argon2
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 
-from gateway.app import create_app
+from gateway.app import Gateway, create_gateway
 from gateway.config import Config, parse_config
 from gateway.demo import create_echo_app
+from gateway.fastpath import build_server
 from gateway.revocation.memory import MemoryRevocationStore
 from tests.fakes import FakeClock
 from tests.redis_server import REDIS_SERVER, RedisServer, redis_unavailable
@@ -26,7 +27,7 @@ PASSWORD = "correct horse battery staple"
 # gateway's code path is the same as with the production defaults.
 _HASH = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 ConfigFactory = Callable[..., Config]
 
 
@@ -102,10 +103,30 @@ def make_config(echo_upstream: TestServer, tmp_path: Path,
     return build
 
 
+class GatewayTestServer(BaseTestServer):
+    """The gateway served exactly as `gateway serve` serves it (`build_server`: the fast
+    path in front of aiohttp's handler), on a loopback port."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    async def _make_runner(self, **_test_options: Any) -> web.ServerRunner:
+        await self.gateway.start()
+        return web.ServerRunner(build_server(self.gateway), shutdown_timeout=5.0)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.gateway.close()
+
+
 @pytest.fixture
 def make_gateway(aiohttp_client: Any, make_config: ConfigFactory,
                  clock: FakeClock) -> GatewayFactory:
-    """Start a real gateway on a loopback port (memory store unless one is given)."""
+    """Start a real gateway on a loopback port (memory store unless one is given), served
+    as `gateway serve` serves it."""
 
     async def start(config: Config | None = None, **kwargs: Any) -> TestClient[Any, Any]:
         config = config or make_config()
@@ -113,7 +134,8 @@ def make_gateway(aiohttp_client: Any, make_config: ConfigFactory,
         if "revocations" not in kwargs and config.revocation.store == "memory":
             kwargs["revocations"] = MemoryRevocationStore(clock=kwargs["clock"],
                                                           max_entries=1000)
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(config, **kwargs))
+        server = GatewayTestServer(create_gateway(config, **kwargs))
+        client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 
     return start
