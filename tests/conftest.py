@@ -18,6 +18,7 @@ from gateway.config import Config, parse_config
 from gateway.demo import create_echo_app
 from gateway.fastpath import build_server
 from gateway.revocation.memory import MemoryRevocationStore
+from gateway.services import Services
 from tests.fakes import FakeClock
 from tests.redis_server import REDIS_SERVER, RedisServer, redis_unavailable
 
@@ -120,6 +121,13 @@ class GatewayTestServer(BaseTestServer):
             await super().close()
         finally:
             await self.gateway.close()
+
+
+def services_of(client: TestClient[Any, Any]) -> Services:
+    """The running gateway's parts, for tests that look inside (metrics, issuer)."""
+    server = client.server
+    assert isinstance(server, GatewayTestServer)
+    return server.gateway.services
 
 
 @pytest.fixture

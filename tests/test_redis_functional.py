@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import Config
 from gateway.revocation.redis import RedisRevocationStore
-from tests.conftest import ConfigFactory, GatewayFactory, bearer, login
+from tests.conftest import ConfigFactory, GatewayFactory, bearer, login, services_of
 from tests.redis_server import RedisServer
 
 MAX_STALENESS = 1.0
@@ -117,7 +117,7 @@ async def test_logout_all_holds_on_another_gateway_and_spares_later_tokens(
     bystander = await login(b, "alice")
     assert await post_status(a, "/user/logout_all", from_a) == 204
     await asyncio.sleep(0.001)
-    right_after, _ = b.server.gateway.services.issuer.issue("marco")  # B's own issuer, 1 ms later
+    right_after, _ = services_of(b).issuer.issue("marco")  # B's own issuer, 1 ms later
     logged_in_after = await login(b)
     await wait_for_status(b, "/api", from_a, 401, 1.0, "B rejects marco's token from A")
     assert await status_of(b, "/api", from_b) == 401
