@@ -50,6 +50,8 @@ access_log = logging.getLogger("aiohttp.access")
 
 # aiohttp refuses request lines and header fields over 8190 bytes; a longer head goes to it.
 MAX_HEAD = 8190
+# aiohttp refuses a head of more than 128 fields; such a head goes to it.
+MAX_FIELDS = 128
 # Pipelined bytes held while a request is being answered before reading pauses.
 MAX_PENDING = 64 * 1024
 _METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
@@ -110,7 +112,7 @@ class FastServer(web.Server):
 
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
         """Wait (up to `timeout`) for answers in flight, then close what is left."""
-        busy = [c.task for c in self.fast_connections if c.task is not None]
+        busy = [c.task for c in self.fast_connections if c.busy and c.task is not None]
         await asyncio.gather(super().shutdown(timeout), self._drain(busy, timeout))
         for connection in list(self.fast_connections):
             connection.abort()
@@ -144,8 +146,8 @@ class _Request:
 class _Head:
     """What the parser callbacks collect from one request head."""
 
-    __slots__ = ("authorization", "complete", "fields", "host", "keep_alive", "request_id",
-                 "singletons", "url")
+    __slots__ = ("authorization", "begun", "complete", "fields", "host", "keep_alive",
+                 "request_id", "singletons", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -154,6 +156,7 @@ class _Head:
         self.host: str | None = None
         self.request_id: str | None = None
         self.singletons: set[bytes] = set()
+        self.begun = False
         self.complete = False
         self.keep_alive = False
 
@@ -169,7 +172,10 @@ class FastConnection(asyncio.Protocol):
         self._peer: str | None = None
         self._buffer = b""
         self._parser = httptools.HttpRequestParser(self)
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # serves this connection's requests
+        self._pending: _Request | None = None  # parsed, not yet being answered
+        self._answering = False
+        self._wakeup: asyncio.Future[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._reading_paused = False
@@ -190,7 +196,7 @@ class FastConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
-        if self.task is None:
+        if not self.busy:
             self._next_request()
         elif len(self._buffer) > MAX_PENDING and self._transport is not None:
             self._reading_paused = True
@@ -199,7 +205,7 @@ class FastConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The client finished sending: answer what is in flight, then close."""
         self._eof = True
-        return True if self.task is not None else None
+        return True if self.busy else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -219,6 +225,13 @@ class FastConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._head_parsed.begun:
+            # SECURITY: the bytes up to the first blank line held a second message (bare LF
+            # line endings): never merge two requests' fields; aiohttp judges such input.
+            raise _HandOver
+        self._head_parsed.begun = True
+
     def on_url(self, url: bytes) -> None:
         self._head_parsed.url += url
 
@@ -232,6 +245,8 @@ class FastConnection(asyncio.Protocol):
                 raise _HandOver  # aiohttp answers a repeated singleton with a 400
             if lower in _SINGLETONS:
                 head.singletons.add(lower)
+        if len(head.fields) >= MAX_FIELDS:
+            raise _HandOver
         text = value.decode("utf-8", "surrogateescape")
         head.fields.append((name.decode("utf-8", "surrogateescape"), text))
         if lower == b"authorization":
@@ -255,19 +270,23 @@ class FastConnection(asyncio.Protocol):
             return
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
+        head = buffer if end < 0 else buffer[:end + 4]
+        if len(head) > MAX_HEAD or head.count(b"\n") != head.count(b"\r\n"):
+            self._hand_over()  # oversized, or a bare LF: aiohttp judges it as it always did
+            return
         if end < 0:
-            if len(buffer) > MAX_HEAD or b"\n\n" in buffer:
-                self._hand_over()
-            return
-        if end + 4 > MAX_HEAD:
-            self._hand_over()
-            return
-        request = self._parse(buffer[:end + 4])
+            return  # the head is not complete yet
+        request = self._parse(head)
         if request is None:
             self._hand_over()
             return
         self._buffer = buffer[end + 4:]
-        self.task = self._loop.create_task(self._answer(request))
+        self._pending = request
+        if self._wakeup is not None:
+            if not self._wakeup.done():
+                self._wakeup.set_result(None)
+        elif self.task is None:
+            self.task = self._loop.create_task(self._serve())
 
     def _parse(self, data: bytes) -> _Request | None:
         """The head as a request the fast path serves, else None (aiohttp will)."""
@@ -280,6 +299,8 @@ class FastConnection(asyncio.Protocol):
         method = parser.get_method()
         if not head.complete or method not in _METHODS or parser.get_http_version() != "1.1":
             return None
+        if head.host is None:
+            return None  # RFC 9112 §3.2: aiohttp answers a request without Host with a 400
         raw_path = head.url.decode("utf-8", "surrogateescape")
         try:
             path, query = normalise_path(raw_path)
@@ -311,6 +332,31 @@ class FastConnection(asyncio.Protocol):
             handler.data_received(data)
 
     # -- answering -------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A request is being answered or waits to be."""
+        return self._answering or self._pending is not None
+
+    async def _serve(self) -> None:
+        """Answer this connection's requests one after another (one task per connection,
+        not per request)."""
+        while not self._closed:
+            request = self._pending
+            if request is None:
+                self._wakeup = self._loop.create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+                continue
+            self._pending = None
+            self._answering = True
+            try:
+                await self._answer(request)
+            finally:
+                self._answering = False
+            self._after_answer(request)
+
     async def _answer(self, request: _Request) -> None:
         started = time.perf_counter()
         status = 500
@@ -333,8 +379,6 @@ class FastConnection(asyncio.Protocol):
         self._services.metrics.observe(status, elapsed)
         log_access(access_log, self._server.access_log_mode, request.method, request.raw_path,
                    status, elapsed, self._peer, request.request_id)
-        self.task = None
-        self._after_answer(request)
 
     def _after_answer(self, request: _Request) -> None:
         transport = self._transport
@@ -469,7 +513,7 @@ class FastConnection(asyncio.Protocol):
         self._idle_timer = None
         if self._closed:
             return
-        if self.task is not None:
+        if self.busy:
             self._arm_idle_timer(self._server.keepalive_timeout)
             return
         left = self._idle_since + self._server.keepalive_timeout - self._loop.time()
@@ -484,7 +528,7 @@ class FastConnection(asyncio.Protocol):
             self._idle_timer = None
 
     def close_if_idle(self) -> None:
-        if self.task is None and self._transport is not None and not self._closed:
+        if not self.busy and self._transport is not None and not self._closed:
             self._transport.close()
 
     def abort(self) -> None:
