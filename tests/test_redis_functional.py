@@ -1,7 +1,8 @@
 """Several gateways on one Redis (issue 3): revocations hold across replicas, and fail closed.
 
-Every test runs real in-process gateways (create_app on loopback sockets) against a private
-redis-server that it may kill, freeze and restart; the real clock drives staleness.
+Every test runs real in-process gateways (served as `gateway serve` serves them, on loopback
+sockets) against a private redis-server that it may kill, freeze and restart; the real clock
+drives staleness.
 """
 
 from __future__ import annotations
