@@ -50,13 +50,12 @@ def is_port_free(host: str, port: int) -> bool:
 def run_workers(config_path: Path, count: int) -> int:
     """Run `count` workers until told to stop; returns the exit code."""
     stopping = False
+    told: set[int] = set()  # pids already sent SIGTERM
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        _terminate(children, told)
 
     children = [_spawn(config_path) for _ in range(count)]
     signal.signal(signal.SIGTERM, request_stop)
@@ -69,6 +68,21 @@ def run_workers(config_path: Path, count: int) -> int:
             if code is not None and not stopping:
                 log.error("worker_died pid=%s code=%s; restarting", child.pid, code)
                 time.sleep(RESTART_PAUSE)
-                children[index] = _spawn(config_path)
+                if not stopping:
+                    children[index] = _spawn(config_path)
+    # A stop that came while a worker was being spawned missed that worker.
+    _terminate(children, told)
     codes = [child.wait() for child in children]
+    for child, code in zip(children, codes, strict=True):
+        if code != 0:
+            log.error("worker_failed pid=%s code=%s", child.pid, code)
     return 0 if all(code == 0 for code in codes) else 1
+
+
+def _terminate(children: list[subprocess.Popen[bytes]], told: set[int]) -> None:
+    """SIGTERM each worker once: a second one could arrive after the worker's drain has
+    put the default handler back, and kill it (exit -15) at the very end of a clean stop."""
+    for child in children:
+        if child.pid not in told:
+            told.add(child.pid)
+            child.send_signal(signal.SIGTERM)  # skips a child already reaped

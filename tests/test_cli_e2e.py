@@ -65,7 +65,11 @@ class GatewayProcess:
 
     def wait(self, timeout: float = 15.0) -> int:
         assert self.process is not None
-        return self.process.wait(timeout=timeout)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"gateway still running after {timeout}s:\n"
+                                 f"{self.logs()}") from None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

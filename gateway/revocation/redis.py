@@ -262,7 +262,7 @@ class RedisRevocationStore:
                 group.create_task(self._listen(pubsub))
                 group.create_task(self._reload(subscribed_at))
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # redis<8.2
 
     def _on_session_lost(self, exc: BaseException) -> None:
         """Start the cut-off clock on the first failure; later retries only log at debug."""
