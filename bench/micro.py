@@ -147,6 +147,8 @@ def measure_all(fx: Fixture, number: int, repeat: int, cold: int) -> list[Measur
          "the common case: token not revoked"),
         (f"RevocationCache.is_revoked, {len(fx.cache):,} entries, hit",
          lambda: fx.cache.is_revoked(revoked, claims.subject, claims.issued_at), ""),
+        (f"RevocationCache.purge, {len(fx.cache):,} live entries", lambda: fx.cache.purge(
+            time.time()), "every 60 s; it walked every entry before (~90 ms for 1M)"),
         ("normalise_path, already normal", lambda: normalise_path(fx.path),
          fx.path),
         ("normalise_path, needs work", lambda: normalise_path("/api//v1/./users/%7Ejo/../42"),
