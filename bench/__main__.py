@@ -6,6 +6,7 @@ c=50), and when installed HAProxy with `jwt_verify`, nginx `proxy_pass` and Cadd
 `reverse_proxy`, plus the naive aiohttp + PyJWT proxy. Every proxy runs on core 0, wrk and
 the upstream on core 1. wrk drives each configuration at 1, 10 and 50 connections,
 round-robin over configurations, for several rounds; ratios are taken within a round.
+0 and 1,000,000 revocations are compared in short alternating A/B runs of their own.
 
 Writes bench/results/throughput.json, bench/results/throughput.png and (bench/micro.py)
 bench/results/micro.json, prints a table and the goals of issue 4.
@@ -44,6 +45,11 @@ WARMUP_SECONDS = 1
 PAUSE_SECONDS = 0.3
 MICRO_TIMEOUT = 300
 REVOCATION_TIMEOUT = 1800
+# 0 vs 1,000,000 revocations: consecutive 5 s runs on this shared host differ by up to
+# 15% whatever runs, so this pair is measured apart, in many short runs alternated
+# A B, B A, A B, ... and compared pair by pair (median of the per-pair ratios).
+AB_PAIR = ("gateway-0rev", "gateway-1m")
+AB_ROUND_BASE = 100  # A/B runs are numbered 101, 102, ... apart from the main rounds
 ORDER = ("direct", "gateway", "gateway-w2", "gateway-0rev", "gateway-1m", "haproxy-jwt",
          "nginx", "caddy", "naive")
 
@@ -224,7 +230,7 @@ def evaluate_goals(runs: Sequence[Run], rows: Sequence[Row]) -> list[Goal]:
         _ratio_goal(runs, rows, "gateway >= 0.4x HAProxy jwt_verify at c=50", "haproxy-jwt", 0.4),
         _ratio_goal(runs, rows, "gateway >= 1.0x Caddy reverse_proxy at c=50", "caddy", 1.0),
         _ratio_goal(runs, rows, "gateway >= 3.5x naive aiohttp+PyJWT at c=50", "naive", 3.5),
-        _ratio_goal(runs, rows, "1M revocations within 5% of 0 at c=50 (ratio >= 0.95)",
+        _ratio_goal(runs, rows, "1M revocations within 5% of 0 at c=50 (ratio >= 0.95, A/B pairs)",
                     "gateway-0rev", 0.95, config="gateway-1m"),
     ]
     added = _paired(runs, "gateway", "direct", 1, _added)
@@ -277,7 +283,9 @@ def draw_chart(rows: Sequence[Row], path: Path, title: str) -> None:
     def by_c(connections: int) -> list[Row]:
         return [r for r in rows if r.connections == connections]
 
-    top, bottom = by_c(50), by_c(1)
+    # rows measured only in A/B pairs have no ratio to the direct upstream
+    top = [r for r in by_c(50) if r.vs_direct is not None]
+    bottom = by_c(1)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 9), constrained_layout=True)
     colours = ["tab:red" if r.errors or r.problems else
                "tab:blue" if r.config.startswith("gateway") else "tab:gray" for r in top]
@@ -335,6 +343,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--quick", action="store_true", help="1 round, 2 s, c=50 only")
+    parser.add_argument("--ab-pairs", type=int, default=12,
+                        help="A/B pairs of 0 vs 1M revocations at c=50 (default 12)")
+    parser.add_argument("--ab-duration", type=float, default=2.0,
+                        help="seconds per A/B run (default 2)")
     parser.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
     parser.add_argument("--gateway-log-level", default="info",
                         choices=("debug", "info", "warning", "error"),
@@ -350,10 +362,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration = 1, 2.0
+        args.rounds, args.duration, args.ab_pairs = 1, 2.0, 2
     args.connections = args.connections or ((50,) if args.quick else CONNECTIONS)
-    if args.rounds < 1 or args.duration <= 0:
-        parser.error("--rounds and --duration must be positive")
+    if args.rounds < 1 or args.duration <= 0 or args.ab_pairs < 1 or args.ab_duration <= 0:
+        parser.error("--rounds, --duration, --ab-pairs and --ab-duration must be positive")
     return args
 
 
@@ -506,6 +518,28 @@ def measure(plan: Sequence[tuple[int, int, Target]], token: str, duration: float
     return runs
 
 
+def split_ab(targets: Sequence[Target]) -> tuple[list[Target], list[Target]]:
+    """(the main round-robin's targets, the A/B pair); the pair only when both run."""
+    pair = [t for t in targets if t.name in AB_PAIR]
+    if len(pair) != len(AB_PAIR):
+        return list(targets), []
+    return [t for t in targets if t.name not in AB_PAIR], pair
+
+
+def measure_ab(pair: Sequence[Target], token: str, pairs: int, duration: float,
+               clock: Clock) -> list[Run]:
+    """0 vs 1,000,000 revocations at c=50: `pairs` pairs of short runs, the order
+    alternating from pair to pair (A B, B A, ...) so that a drift favours neither."""
+    if not pair:
+        return []
+    plan = []
+    for number in range(1, pairs + 1):
+        order = pair if number % 2 else pair[::-1]
+        plan += [(AB_ROUND_BASE + number, 50, target) for target in order]
+    clock.say(f"A/B: {len(plan)} runs of {duration:g}s, {' vs '.join(AB_PAIR)}")
+    return measure(plan, token, duration, clock)
+
+
 def warm_up(targets: Sequence[Target], token: str, clock: Clock) -> None:
     clock.say(f"warm-up: {WARMUP_SECONDS}s at c=10 on each configuration")
     for target in targets:
@@ -530,6 +564,7 @@ def _meta(args: argparse.Namespace, targets: Sequence[Target], skipped: dict[str
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
         "cpus": os.cpu_count(), "python": sys.version.split()[0], "quick": args.quick,
         "rounds": args.rounds, "duration_s": args.duration,
+        "ab_pairs": args.ab_pairs, "ab_duration_s": args.ab_duration,
         "connections": list(args.connections), "gateway_log_level": args.gateway_log_level,
         "cores": {"proxies": PROXY_CORE, "wrk_and_upstream": LOAD_CORE},
         "wrk": " ".join(wrk_command(targets[0], token[:12] + "...", 50, args.duration)),
@@ -546,11 +581,15 @@ def benchmark(args: argparse.Namespace, workdir: Path, clock: Clock) -> int:
         targets.sort(key=lambda t: ORDER.index(t.name))
         token = obtain_token(setup, targets, clock)
         problems = check_all(targets, token, setup.secret, clock)
-        plan = schedule(targets, args.rounds, args.connections)
-        clock.say(f"{len(plan)} wrk runs of {args.duration:g}s: about "
-                  f"{len(plan) * (args.duration + PAUSE_SECONDS + 0.2) / 60:.1f} min")
+        main, pair = split_ab(targets)
+        plan = schedule(main, args.rounds, args.connections)
+        minutes = (len(plan) * (args.duration + PAUSE_SECONDS + 0.2)
+                   + len(pair) * args.ab_pairs * (args.ab_duration + PAUSE_SECONDS + 0.2)) / 60
+        clock.say(f"{len(plan)} wrk runs of {args.duration:g}s and {len(pair) * args.ab_pairs} A/B "
+                  f"runs of {args.ab_duration:g}s: about {minutes:.1f} min")
         warm_up(targets, token, clock)
         runs = measure(plan, token, args.duration, clock)
+        runs += measure_ab(pair, token, args.ab_pairs, args.ab_duration, clock)
         exited = procs.exited()
         for name in exited:
             clock.say(f"WARNING: {name} exited during the benchmark")
