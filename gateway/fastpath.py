@@ -296,6 +296,10 @@ class FastConnection(asyncio.Protocol):
             parser.feed_data(data)
         except (httptools.HttpParserError, _HandOver):
             return None
+        except httptools.HttpParserUpgrade:
+            # CONNECT: llhttp reports a protocol switch (not an HttpParserError subclass);
+            # escaping data_received it would kill the connection without an answer.
+            return None
         method = parser.get_method()
         if not head.complete or method not in _METHODS or parser.get_http_version() != "1.1":
             return None

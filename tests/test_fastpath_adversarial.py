@@ -1,0 +1,80 @@
+"""Attacks on the fast path (gateway/fastpath.py) over real loopback sockets: requests and
+answers a strict gateway must handle exactly as aiohttp's handler does, and resources a
+client must not be able to pile up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import parse_config
+from tests.conftest import ConfigFactory, GatewayFactory, base_config_data
+from tests.test_fastpath import (
+    Client,
+    first_status_line,
+)
+
+WAIT = 2.0
+
+
+@pytest.fixture
+async def client(make_gateway: GatewayFactory) -> Client:
+    return await make_gateway()
+
+
+async def gateway_before(make_gateway: GatewayFactory, tmp_path: Path,
+                         upstream: str) -> Client:
+    """A gateway (fast path on) whose every route goes to `upstream`."""
+    return await make_gateway(parse_config(base_config_data(upstream, tmp_path), {},
+                                           tmp_path))
+
+
+@pytest.fixture
+async def canned_upstream() -> AsyncIterator[Any]:
+    """Start a raw upstream that answers every request with the given bytes."""
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: bytes) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    writer.write(answer)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+# -- requests the fast path must not choke on ------------------------------------------------
+
+async def test_connect_request_gets_aiohttps_answer_not_a_dropped_connection(
+        make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
+    """CONNECT (llhttp reports it as a protocol switch) is handed to aiohttp, which answers
+    400, instead of killing the connection without a word."""
+    raw = b"CONNECT gateway.test:443 HTTP/1.1\r\nHost: gateway.test:443\r\n\r\n"
+    fast = await make_gateway(make_config(upstream_client="fast"))
+    reference = await make_gateway(make_config(upstream_client="aiohttp"))
+    expected = await first_status_line(reference, raw)
+    assert expected.startswith("HTTP/1.1 400")
+    assert await first_status_line(fast, raw) == expected
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+# -- resources -------------------------------------------------------------------------------
+
