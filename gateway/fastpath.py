@@ -326,6 +326,10 @@ class FastConnection(asyncio.Protocol):
         self._cancel_idle_timer()
         self._server.fast_connections.discard(self)
         self._closed = True
+        if self._wakeup is not None and not self._wakeup.done():
+            # the idle serving task sees _closed and ends (connection_lost, which would
+            # cancel it, now goes to aiohttp's handler)
+            self._wakeup.set_result(None)
         handler = self._server.aiohttp_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)

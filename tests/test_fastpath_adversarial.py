@@ -15,7 +15,11 @@ from gateway.config import parse_config
 from tests.conftest import ConfigFactory, GatewayFactory, base_config_data
 from tests.test_fastpath import (
     Client,
+    connect,
+    fast_server,
     first_status_line,
+    is_on_fast_path,
+    request,
 )
 
 WAIT = 2.0
@@ -77,4 +81,21 @@ async def test_connect_request_gets_aiohttps_answer_not_a_dropped_connection(
 # -- answers ---------------------------------------------------------------------------------
 
 # -- resources -------------------------------------------------------------------------------
+
+async def test_handing_over_an_idle_connection_ends_its_serving_task(client: Client) -> None:
+    """GET (fast path), then, once idle, a POST (handed to aiohttp): the fast path's
+    serving task ends; it does not wait forever, one leaked task per such connection."""
+    async with connect(client) as conn:
+        await conn.send(request("GET", "/public/a"))
+        assert (await conn.read_answer()).status == 200
+        [fast] = [c for c in fast_server(client).fast_connections if c.task is not None]
+        task = fast.task
+        assert task is not None
+        await conn.send(request("POST", "/public/b", body=b"x"))
+        assert (await conn.read_answer()).status == 200
+        assert not is_on_fast_path(client, conn)
+        async with asyncio.timeout(WAIT):
+            await asyncio.wait([task])
+        assert task.done()
+
 
