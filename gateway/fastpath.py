@@ -361,6 +361,12 @@ class FastConnection(asyncio.Protocol):
             self._answering = True
             try:
                 await self._answer(request)
+                # SECURITY: a client that pipelines requests and reads nothing must not
+                # make the gateway queue answer after answer in memory: the next request
+                # waits until this answer has left (as aiohttp's writer drains).
+                await self._drain()
+            except ConnectionResetError:
+                return  # the client went away while its answer was being flushed
             finally:
                 self._answering = False
             self._after_answer(request)

@@ -5,11 +5,13 @@ client must not be able to pile up."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.config import parse_config
 from tests.conftest import ConfigFactory, GatewayFactory, base_config_data
@@ -99,3 +101,37 @@ async def test_handing_over_an_idle_connection_ends_its_serving_task(client: Cli
         assert task.done()
 
 
+async def test_client_that_never_reads_cannot_make_the_gateway_buffer_answers(
+        make_gateway: GatewayFactory, tmp_path: Path, aiohttp_server: Any) -> None:
+    """Pipelined requests from a client that reads nothing: the gateway stops answering once
+    the client's socket is full instead of queueing every answer in memory (a few bytes of
+    request for 32 KiB of answer, without end)."""
+    answer = b"x" * 32768
+
+    async def big(_request: web.Request) -> web.Response:
+        return web.Response(body=answer)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", big)
+    upstream = await aiohttp_server(app)
+    client = await gateway_before(make_gateway, tmp_path,
+                                  str(upstream.make_url("")).rstrip("/"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"".join(request("GET", f"/public/{n}") for n in range(2000)))
+        limit = 1024 * 1024  # the transport's high-water mark (64 KiB) plus an answer or two
+        peak = 0
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            for fast in fast_server(client).fast_connections:
+                if fast._transport is not None:
+                    peak = max(peak, fast._transport.get_write_buffer_size())
+            if peak > limit:
+                break
+        assert peak <= limit, f"{peak} bytes of answers queued for a client that reads nothing"
+    finally:
+        writer.transport.abort()
