@@ -247,6 +247,10 @@ class FastConnection(asyncio.Protocol):
                 head.singletons.add(lower)
         if len(head.fields) >= MAX_FIELDS:
             raise _HandOver
+        if value[-1:] in (b" ", b"\t"):
+            # RFC 9112 §5: trailing OWS is not part of the value (llhttp keeps it; aiohttp
+            # strips it, so `Host: a ` is the valid host `a` on both paths)
+            value = value.rstrip(b" \t")
         text = value.decode("utf-8", "surrogateescape")
         head.fields.append((name.decode("utf-8", "surrogateescape"), text))
         if lower == b"authorization":

@@ -80,6 +80,21 @@ async def test_connect_request_gets_aiohttps_answer_not_a_dropped_connection(
     assert await first_status_line(fast, raw) == expected
 
 
+async def test_trailing_whitespace_is_not_part_of_a_header_value(client: Client) -> None:
+    """RFC 9112 §5: OWS after a field value is not part of it (as on aiohttp's path): a Host
+    or X-Request-Id with trailing blanks is the same value without them."""
+    headers = [("X-Request-Id", "req-0123456789 \t")]
+    raw = request("GET", "/public/x", headers).replace(b"Host: gateway.test",
+                                                       b"Host: gateway.test \t")
+    async with connect(client) as conn:
+        await conn.send(raw)
+        answer = await conn.read_answer()
+    assert answer.status == 200, answer.body
+    assert answer.headers.getall("X-Request-Id") == ["req-0123456789"]
+    forwarded = [v for k, v in answer.json()["headers"] if k.lower() == "x-forwarded-host"]
+    assert forwarded == ["gateway.test"]
+
+
 # -- answers ---------------------------------------------------------------------------------
 
 # -- resources -------------------------------------------------------------------------------
