@@ -481,11 +481,13 @@ class FastConnection(asyncio.Protocol):
         lines = [_status_line(status)]
         server = date = False
         for name, value in fields:
-            lines.append(f"{name}: {value}\r\n")
-            if len(name) in (4, 6):
+            if len(name) in (4, 6, 12):
                 lower = name.lower()
+                if lower == "x-request-id":
+                    continue  # the gateway's own replaces the upstream's (as on aiohttp's path)
                 server = server or lower == "server"
                 date = date or lower == "date"
+            lines.append(f"{name}: {value}\r\n")
         if not server:  # the upstream's own, else not aiohttp's
             lines.append(_SERVER_LINE)
         if not date:

@@ -97,6 +97,21 @@ async def test_trailing_whitespace_is_not_part_of_a_header_value(client: Client)
 
 # -- answers ---------------------------------------------------------------------------------
 
+async def test_upstreams_x_request_id_is_replaced_by_the_gateways(
+        make_gateway: GatewayFactory, tmp_path: Path, canned_upstream: Any) -> None:
+    """The client gets one X-Request-Id, the gateway's (as on aiohttp's path), never a
+    second one chosen by the upstream."""
+    upstream = await canned_upstream(b"HTTP/1.1 200 OK\r\nX-Request-Id: upstream-chosen-id\r\n"
+                                     b"Content-Length: 2\r\n\r\nok")
+    client = await gateway_before(make_gateway, tmp_path, upstream)
+    for method in ("GET", "HEAD"):
+        async with connect(client) as conn:
+            await conn.send(request(method, "/public/x", [("X-Request-Id", "req-0123456789")]))
+            answer = await conn.read_answer(method)
+        assert answer.status == 200
+        assert answer.headers.getall("X-Request-Id") == ["req-0123456789"]
+
+
 # -- resources -------------------------------------------------------------------------------
 
 async def test_handing_over_an_idle_connection_ends_its_serving_task(client: Client) -> None:
