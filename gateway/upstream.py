@@ -4,7 +4,8 @@ aiohttp's ClientSession costs about half of all CPU per proxied request; this po
 what a proxy needs and is as strict as the rest of the gateway:
 - response framing is validated: `Content-Length` with `Transfer-Encoding`, repeated or
   invalid lengths, or a transfer coding other than `chunked` -> `UpstreamProtocolError`;
-- HEAD, 204, 304 and 1xx answers carry no body; interim 1xx answers are skipped;
+- a status outside 100..599 is an error; HEAD, 204, 304 and 1xx answers carry no body;
+  interim 1xx answers are skipped;
 - a connection goes back to the pool only after a complete answer that allows keep-alive;
   after an error, an incomplete body, `Connection: close` or a HEAD it is closed;
 - a request is never retried once any byte of it was sent;
@@ -159,6 +160,10 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: llhttp takes any three digits; `099` would reach the client as
+            # the malformed status line `HTTP/1.1 99`
+            raise UpstreamProtocolError(f"the upstream sent the invalid status {status}")
         if 100 <= status < 200:
             return  # interim answer (100 Continue, 103 Early Hints): wait for the final one
         bodyless = self.head or status in _NO_BODY_STATUSES  # no body: framing is moot

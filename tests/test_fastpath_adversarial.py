@@ -112,6 +112,23 @@ async def test_upstreams_x_request_id_is_replaced_by_the_gateways(
         assert answer.headers.getall("X-Request-Id") == ["req-0123456789"]
 
 
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 099 Odd", b"HTTP/1.1 000 Zero",
+                                         b"HTTP/1.1 600 Odd", b"HTTP/1.1 999 Odd"],
+                         ids=["099", "000", "600", "999"])
+async def test_upstream_status_outside_100_to_599_is_a_502(
+        make_gateway: GatewayFactory, tmp_path: Path, canned_upstream: Any,
+        status_line: bytes) -> None:
+    """RFC 9110 §15: valid status codes are 100..599; anything else (which would reach the
+    client as a malformed status line such as `HTTP/1.1 99`) is a bad upstream: 502."""
+    upstream = await canned_upstream(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
+    client = await gateway_before(make_gateway, tmp_path, upstream)
+    async with connect(client) as conn:
+        await conn.send(request("GET", "/public/x"))
+        answer = await conn.read_answer()
+    assert answer.status == 502
+    assert answer.json()["error"] == "bad_gateway"
+
+
 # -- resources -------------------------------------------------------------------------------
 
 async def test_handing_over_an_idle_connection_ends_its_serving_task(client: Client) -> None:
