@@ -5,6 +5,7 @@ client must not be able to pile up."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp import web
 from gateway.config import parse_config
 from tests.conftest import ConfigFactory, GatewayFactory, base_config_data
 from tests.test_fastpath import (
+    NO_ANSWER,
     Client,
     connect,
     fast_server,
@@ -182,3 +184,40 @@ async def test_client_that_never_reads_cannot_make_the_gateway_buffer_answers(
         assert peak <= limit, f"{peak} bytes of answers queued for a client that reads nothing"
     finally:
         writer.transport.abort()
+
+
+# -- properties that hold (regression) -------------------------------------------------------
+
+async def test_request_inside_a_get_body_is_never_a_second_request(client: Client) -> None:
+    """A GET whose Content-Length body holds a whole request (with a spoofed identity, to a
+    route that requires a token): one request reaches the upstream, carrying those bytes as
+    its body; the client gets exactly one answer."""
+    inner = (b"GET /api/admin HTTP/1.1\r\nHost: gateway.test\r\n"
+             b"X-Auth-UserId: admin\r\n\r\n")
+    async with connect(client) as conn:
+        await conn.send(request("GET", "/public/x", body=inner))
+        answer = await conn.read_answer()
+        assert answer.status == 200, answer.body
+        echo = answer.json()
+        assert (echo["method"], echo["path_qs"]) == ("GET", "/public/x")
+        assert echo["body"].encode() == inner
+        assert not any(k.lower() == "x-auth-userid" for k, _ in echo["headers"])
+        assert await conn.read_status_line() == NO_ANSWER
+
+
+async def test_head_arriving_in_pieces_at_every_line_end_is_one_request(
+        client: Client) -> None:
+    """A head sent a few bytes at a time, split inside and between its CRLFs, is served as
+    the one request it is, on the fast path, with every field."""
+    raw = request("GET", "/public/x?a=1", [("X-Test", "one"), ("X-Other", "two")])
+    pieces = [piece for piece in re.split(rb"(\r|\n)", raw) if piece]
+    async with connect(client) as conn:
+        for piece in pieces:
+            await conn.send(piece)
+            await asyncio.sleep(0.002)
+        answer = await conn.read_answer()
+        assert is_on_fast_path(client, conn)
+    echo = answer.json()
+    assert echo["path_qs"] == "/public/x?a=1"
+    assert [(k, v) for k, v in echo["headers"] if k.startswith("X-Test") or
+            k.startswith("X-Other")] == [("X-Test", "one"), ("X-Other", "two")]
