@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,17 @@ async def login(client: TestClient[Any, Any], username: str = "marco",
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> float:
+    """Poll `predicate` until true; fail after `within` seconds. Returns the seconds taken.
+
+    Polling is the point: the state changes in a background task or another process,
+    neither of which can set an asyncio.Event for the test.
+    """
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > within:
+            pytest.fail(f"{what}: not within {within}s")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
