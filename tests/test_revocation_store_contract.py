@@ -340,7 +340,7 @@ async def test_purge_expired_drops_expired_revocations_and_reports_how_many(
     assert_only_long_lived_remain(store, now)
 
 
-@pytest.mark.parametrize("kind", PURGEABLE_STORES, indirect=True)
+@pytest.mark.parametrize("kind", ALL_STORES, indirect=True)
 async def test_background_purge_logs_a_failed_round_and_keeps_purging(
     kind: StoreKind, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -361,10 +361,15 @@ class RedisRevocationStore:
         self.cache.add_cutoff(subject, cutoff, expires_at)
 
     async def _purge_forever(self) -> None:
-        """Drop expired entries from the cache; Redis expires its own keys."""
+        """Drop expired entries from the cache; Redis expires its own keys. A failed round
+        is logged and the next one runs (as in the other stores)."""
         while True:
             await asyncio.sleep(self._purge_interval)
-            removed = self.cache.purge(self._clock())
+            try:
+                removed = self.cache.purge(self._clock())
+            except Exception:
+                logger.exception("revocation_purge_failed store=redis")
+                continue
             logger.debug("redis_revocation_purged removed=%d", removed)
 
 
