@@ -2,12 +2,12 @@
 
 Measured for issue 4, aiohttp's server machinery (request, response and writer objects per
 request) costs about as much CPU as everything else a proxied request needs. `FastServer` is
-aiohttp's low-level `web.Server` with one change: a new connection starts on
-`FastConnection`, a small protocol on httptools' strict llhttp parser (the parser the
-upstream pool already uses). It serves the requests a gateway sees most - HTTP/1.1, no body,
-no upgrade, to a route whose upstream is plain HTTP - with the very same rules
-(`app.plan_forward`, `headers.response_fields`, the same JSON errors, metrics and
-access log).
+the gateway's server (`send_timeout.GatewayServer`, aiohttp's low-level `web.Server`) with
+one change: a new connection starts on `FastConnection`, a small protocol on httptools'
+strict llhttp parser (the parser the upstream pool already uses). It serves the requests a
+gateway sees most - HTTP/1.1, no body, no upgrade, to a route whose upstream is plain HTTP -
+with the very same rules (`app.plan_forward`, `headers.response_fields`, the same JSON
+errors, metrics and access log).
 
 At the first request it does not serve itself (a request body, a local endpoint, a websocket,
 HTTP/1.0, a head that is malformed, oversized or otherwise unusual), it hands the connection,
@@ -43,6 +43,7 @@ from gateway.middleware import (
 from gateway.observability import AccessLogMode, access_logger_class, log_access
 from gateway.proxy import upstream_error
 from gateway.routing import normalise_path, upstream_of
+from gateway.send_timeout import GatewayServer, SendStallTimer
 from gateway.upstream import UpstreamFailure, UpstreamResponse, encode_request_head
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,19 @@ def build_server(gateway: Gateway) -> web.Server:
     config = gateway.services.config
     options: dict[str, Any] = {
         "access_log_class": access_logger_class(config.access_log),
-        "access_log": access_log, **gateway.server_options()}
+        "access_log": access_log, "send_timeout": config.limits.client_timeout,
+        **gateway.server_options()}
     if config.upstream_client == "fast":
         return FastServer(gateway, config.access_log, **options)
-    return web.Server(gateway.handle, **options)
+    return GatewayServer(gateway.handle, **options)
 
 
 class _HandOver(Exception):
     """This request is for aiohttp's handler (raised while parsing its head)."""
 
 
-class FastServer(web.Server):
-    """aiohttp's low-level server whose connections start on the fast path."""
+class FastServer(GatewayServer):
+    """The gateway's server whose connections start on the fast path."""
 
     def __init__(self, gateway: Gateway, access_log_mode: AccessLogMode,
                  **kwargs: Any) -> None:
@@ -181,6 +183,7 @@ class FastConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._send_stall = SendStallTimer(self._loop, server.send_timeout)
         self._eof = False
         self._closed = False
         self._head_parsed = _Head()
@@ -211,6 +214,7 @@ class FastConnection(asyncio.Protocol):
         self._closed = True
         self._server.fast_connections.discard(self)
         self._cancel_idle_timer()
+        self._send_stall.stop()
         if self.task is not None:
             self.task.cancel()
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -218,9 +222,11 @@ class FastConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._send_stall.start(self._transport)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._send_stall.stop()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -328,6 +334,7 @@ class FastConnection(asyncio.Protocol):
         if transport is None or self._closed:
             return
         self._cancel_idle_timer()
+        self._send_stall.stop()
         self._server.fast_connections.discard(self)
         self._closed = True
         if self._wakeup is not None and not self._wakeup.done():
