@@ -30,6 +30,7 @@ from gateway.services import Services
 from gateway.upstream import (
     UpstreamFailure,
     UpstreamPool,
+    UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
     encode_request_head,
@@ -193,6 +194,11 @@ async def _forward_with_session(request: web.BaseRequest, session: aiohttp.Clien
         if body is not None and body.failure is not None:
             raise body.failure from exc
         raise upstream_error(exc, url.origin(), metrics) from exc
+    if not 100 <= upstream.status <= 599:
+        # RFC 9110 §15: aiohttp's client takes any three digits, as the pool's parser does
+        upstream.close()
+        invalid = UpstreamProtocolError(f"the upstream sent the invalid status {upstream.status}")
+        raise upstream_error(invalid, url.origin(), metrics) from invalid
     try:
         return await _relay_from_session(request, upstream, metrics)
     finally:

@@ -117,13 +117,16 @@ async def test_upstreams_x_request_id_is_replaced_by_the_gateways(
 @pytest.mark.parametrize("status_line", [b"HTTP/1.1 099 Odd", b"HTTP/1.1 000 Zero",
                                          b"HTTP/1.1 600 Odd", b"HTTP/1.1 999 Odd"],
                          ids=["099", "000", "600", "999"])
+@pytest.mark.parametrize("upstream_client", ["fast", "aiohttp"])
 async def test_upstream_status_outside_100_to_599_is_a_502(
         make_gateway: GatewayFactory, tmp_path: Path, canned_upstream: Any,
-        status_line: bytes) -> None:
+        status_line: bytes, upstream_client: str) -> None:
     """RFC 9110 §15: valid status codes are 100..599; anything else (which would reach the
-    client as a malformed status line such as `HTTP/1.1 99`) is a bad upstream: 502."""
+    client as a malformed status line such as `HTTP/1.1 99`) is a bad upstream: 502, with
+    either upstream client."""
     upstream = await canned_upstream(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
-    client = await gateway_before(make_gateway, tmp_path, upstream)
+    client = await make_gateway(parse_config(
+        base_config_data(upstream, tmp_path, upstream_client=upstream_client), {}, tmp_path))
     async with connect(client) as conn:
         await conn.send(request("GET", "/public/x"))
         answer = await conn.read_answer()
