@@ -89,7 +89,19 @@ def _parse_credentials(body: bytes) -> tuple[str, str]:
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise MalformedBodyError("`username` and `password` must both be strings.")
+    if not _is_unicode_text(username) or not _is_unicode_text(password):
+        raise MalformedBodyError("`username` and `password` must be valid Unicode text.")
     return username, password
+
+
+def _is_unicode_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's `\\ud800` escape decodes to
+    one): it has no UTF-8 form, so no password hash could take it (it was a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def logout(request: web.BaseRequest, services: Services) -> web.Response:
