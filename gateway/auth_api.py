@@ -37,7 +37,14 @@ async def login(request: web.BaseRequest, services: Services) -> web.Response:
     if retry_after is not None:
         services.metrics.logins["rate_limited"] += 1
         raise RateLimitedError(retry_after)
-    if not await services.passwords.check(username, password):
+    # SECURITY: a check in flight counts against the limit, so concurrent guesses cannot
+    # all pass `retry_after` before the first of them fails.
+    services.login_limiter.begin(*limit_keys)
+    try:
+        matches = await services.passwords.check(username, password)
+    finally:
+        services.login_limiter.end(*limit_keys)
+    if not matches:
         services.login_limiter.record_failure(*limit_keys)
         services.metrics.logins["failed"] += 1
         log.info("login_failed user_fp=%s peer=%s", fingerprint(username), peer)

@@ -78,6 +78,28 @@ async def test_login_with_a_lone_surrogate_is_a_400_never_a_500(
     assert "internal_error" not in caplog.text
 
 
+async def test_concurrent_failed_logins_cannot_exceed_the_failure_limit(
+        make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
+    """login_limit.max_failures bounds the password guesses per window even when the
+    guesses arrive at once: checks in flight count against the limit."""
+    client = await make_gateway(make_config(login_limit={"max_failures": 3, "window": "60s"}))
+    guesses = [client.post("/user/login", json={"username": "marco", "password": f"guess{i}"})
+               for i in range(12)]
+    statuses = sorted(r.status for r in await asyncio.gather(*guesses))
+    assert statuses.count(401) <= 3, statuses
+    assert set(statuses) == {401, 429}, statuses
+    assert services_of(client).metrics.logins["failed"] <= 3
+
+
+async def test_login_limit_still_lets_a_lone_right_password_through(
+        make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
+    """A check in flight blocks only while it runs: after it, the next login is judged on
+    the failures recorded (none after a success)."""
+    client = await make_gateway(make_config(login_limit={"max_failures": 1, "window": "60s"}))
+    for _ in range(3):
+        await login(client)
+
+
 async def test_gzip_login_body_is_never_inflated(gateway: Client) -> None:
     """A gzip login body is read as the bytes sent (not JSON: 400), never decompressed."""
     body = gzip.compress(json.dumps({"username": "marco", "password": PASSWORD}).encode())

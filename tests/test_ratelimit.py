@@ -118,3 +118,22 @@ def test_reset_unblocks_only_that_key(limiter: FailureLimiter) -> None:
     for _ in range(MAX - 1):
         limiter.record_failure("user:marco")
     assert limiter.retry_after("user:marco") is None
+
+
+def test_attempts_in_flight_count_until_they_end(limiter: FailureLimiter) -> None:
+    """Checks in flight count as failures (concurrent guesses cannot all pass the check);
+    once ended, only the failures recorded count."""
+    limiter.record_failure("user:marco")
+    for _ in range(MAX - 1):
+        limiter.begin("user:marco", "ip:203.0.113.7")
+    assert limiter.retry_after("user:marco") == 1
+    assert limiter.retry_after("ip:203.0.113.7") is None
+    limiter.end("user:marco", "ip:203.0.113.7")
+    assert limiter.retry_after("user:marco") is None
+    limiter.begin("user:marco")
+    limiter.record_failure("user:marco")
+    limiter.end("user:marco")
+    limiter.end("user:marco", "ip:203.0.113.7")
+    assert limiter.retry_after("user:marco") is None
+    limiter.record_failure("user:marco")
+    assert limiter.retry_after("user:marco") == WINDOW
