@@ -18,7 +18,7 @@ from cachetools import TLRUCache
 from jwt.algorithms import get_default_algorithms
 
 from gateway.clock import Clock
-from gateway.config import Secret, Tokens
+from gateway.config import Secret, Tokens, is_valid_username
 from gateway.errors import BadTokenError, ConfigError
 
 MAX_TOKEN_LENGTH = 8192
@@ -95,9 +95,10 @@ def fingerprint(token: str) -> str:
 
 
 def is_valid_subject(value: object) -> bool:
-    """A subject becomes a header value: non-empty, unpadded, printable, bounded."""
-    return (isinstance(value, str) and 0 < len(value) <= MAX_SUBJECT_LENGTH
-            and value == value.strip() and value.isprintable())
+    """A subject becomes a header value: what a username may be (non-empty, unpadded,
+    printable, bounded, no `,`: a comma reads as a list of users upstream)."""
+    return (isinstance(value, str) and len(value) <= MAX_SUBJECT_LENGTH
+            and is_valid_username(value))
 
 
 class TokenIssuer:

@@ -164,6 +164,20 @@ async def test_lookalike_usernames_are_other_users(gateway: Client, username: st
 
 # --- tokens at the HTTP edge ------------------------------------------------------------------
 
+@pytest.mark.parametrize("subject", ["marco,admin", "admin, marco", ","],
+                         ids=["comma-list", "comma-space", "comma-only"])
+async def test_token_whose_subject_holds_a_comma_never_becomes_an_identity(
+        gateway: Client, clock: FakeClock, subject: str) -> None:
+    """A `sub` with a comma (read upstream as a list of users) is refused like a username
+    with one: this gateway never issues it, so it is not one of its tokens."""
+    token = forge(clock, sub=subject)
+    await assert_error(await gateway.get("/x", headers=bearer(token)), 401, "invalid_token")
+    verify = await gateway.get("/auth/verify", headers=bearer(token))
+    await assert_error(verify, 401, "invalid_token")
+    maybe = await (await gateway.get("/maybe/x", headers=bearer(token))).json()
+    assert not any(name.lower() == "x-auth-userid" for name, _ in maybe["headers"])
+
+
 async def test_token_of_another_issuer_sharing_the_key_is_refused(gateway: Client,
                                                                   clock: FakeClock) -> None:
     """A token signed with this gateway's key for another issuer opens nothing, and

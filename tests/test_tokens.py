@@ -361,7 +361,7 @@ BAD_SUBJECTS: list[tuple[object, str]] = [
     ("mar\x00co", "nul"), ("mar\x7fco", "del"), ("mar\x1bco", "escape"),
     ("\u00a0marco", "nbsp-padding"), ("mar\u2028co", "line-separator"), (" ", "space-only"),
     (123, "int"), (None, "null"), (["marco"], "list"), ({"name": "marco"}, "object"),
-    (True, "bool"), ("m" * 257, "overlong"),
+    (True, "bool"), ("m" * 257, "overlong"), ("marco,admin", "comma-list"), (",", "comma"),
 ]
 
 
