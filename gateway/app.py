@@ -23,7 +23,7 @@ from gateway.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from gateway.headers import upstream_fields
 from gateway.keys import request_id_key, services_key
 from gateway.middleware import with_request_handling
-from gateway.observability import METRICS_CONTENT_TYPE, Metrics
+from gateway.observability import METRICS_CONTENT_TYPE, Metrics, install_log_filters
 from gateway.proxy import (
     create_client_session,
     create_upstream_pool,
@@ -245,6 +245,9 @@ def create_gateway(config: Config, *, clock: Clock = time.time, secret: Secret |
                    revocations: RevocationStore | None = None,
                    credentials: CredentialStore | None = None) -> Gateway:
     """Build the gateway; parts not passed in are built from `config`."""
+    # SECURITY: DESIGN §5 - the embedded form too: aiohttp's parser errors quote the bad
+    # header line (a whole token) unless filtered; `gateway serve` installed it alone.
+    install_log_filters()
     keys = load_signing_keys(config.tokens, secret or config.tokens.secret)
     store = revocations if revocations is not None else build_revocation_store(config, clock)
     services = Services(

@@ -370,3 +370,34 @@ async def test_no_failure_path_logs_a_token_or_a_password(
     for secret in (token, token.split(".")[2], forged, forged.split(".")[2], PASSWORD,
                    password):
         assert secret not in caplog.text
+
+
+async def test_embedded_gateway_never_logs_a_token_the_parser_refuses(
+        aiohttp_client: Any, make_config: ConfigFactory, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """create_app (the embedded form, no `gateway serve` logging set-up) keeps a token in a
+    header aiohttp's parser refuses (a trailing control byte) out of the logs."""
+    from gateway.app import create_app
+
+    server_log = logging.getLogger("aiohttp.server")
+    saved = server_log.filters[:]
+    for installed in saved:
+        server_log.removeFilter(installed)  # as in a fresh process that never ran `serve`
+    try:
+        caplog.set_level(logging.DEBUG)
+        client = await aiohttp_client(create_app(
+            make_config(), clock=clock,
+            revocations=MemoryRevocationStore(clock=clock, max_entries=10)))
+        token = await login(client)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(f"GET /x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\x01\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 ")
+        assert token not in caplog.text and token.split(".")[2] not in caplog.text
+    finally:
+        for installed in server_log.filters[:]:
+            server_log.removeFilter(installed)
+        for installed in saved:
+            server_log.addFilter(installed)
