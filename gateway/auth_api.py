@@ -37,13 +37,15 @@ async def login(request: web.BaseRequest, services: Services) -> web.Response:
     if retry_after is not None:
         services.metrics.logins["rate_limited"] += 1
         raise RateLimitedError(retry_after)
-    # SECURITY: a check in flight counts against the limit, so concurrent guesses cannot
-    # all pass `retry_after` before the first of them fails.
-    services.login_limiter.begin(*limit_keys)
+    # SECURITY: a check in flight counts against the username's limit, so concurrent
+    # guesses cannot all pass `retry_after` before the first of them fails. Not against the
+    # address's: many users behind one proxy or NAT log in at once (guesses spread over
+    # usernames are bounded by the pending checks, then by their recorded failures).
+    services.login_limiter.begin(limit_keys[0])
     try:
         matches = await services.passwords.check(username, password)
     finally:
-        services.login_limiter.end(*limit_keys)
+        services.login_limiter.end(limit_keys[0])
     if not matches:
         services.login_limiter.record_failure(*limit_keys)
         services.metrics.logins["failed"] += 1

@@ -91,6 +91,18 @@ async def test_concurrent_failed_logins_cannot_exceed_the_failure_limit(
     assert services_of(client).metrics.logins["failed"] <= 3
 
 
+async def test_concurrent_logins_of_many_users_from_one_address_all_succeed(
+        make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
+    """Checks in flight count against the username only: users behind one proxy or NAT
+    logging in at the same moment are not refused by the per-address limit."""
+    client = await make_gateway(make_config(login_limit={"max_failures": 2, "window": "60s"}))
+    logins = [client.post("/user/login", json={"username": name, "password": PASSWORD})
+              for name in ("marco", "alice") * 3]
+    statuses = [r.status for r in await asyncio.gather(*logins)]
+    assert statuses.count(200) >= 4, statuses  # two of each user at least
+    assert statuses.count(429) <= 2, statuses  # only same-user concurrency is limited
+
+
 async def test_login_limit_still_lets_a_lone_right_password_through(
         make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
     """A check in flight blocks only while it runs: after it, the next login is judged on
