@@ -2,7 +2,7 @@
 
 Measured for issue 4, aiohttp's server machinery (request, response and writer objects per
 request) costs about as much CPU as everything else a proxied request needs. `FastServer` is
-the gateway's server (`send_timeout.GatewayServer`, aiohttp's low-level `web.Server`) with
+the gateway's server (`server.GatewayServer`, aiohttp's low-level `web.Server`) with
 one change: a new connection starts on `FastConnection`, a small protocol on httptools'
 strict llhttp parser (the parser the upstream pool already uses). It serves the requests a
 gateway sees most - HTTP/1.1, no body, no upgrade, to a route whose upstream is plain HTTP -
@@ -43,7 +43,7 @@ from gateway.middleware import (
 from gateway.observability import AccessLogMode, access_logger_class, log_access
 from gateway.proxy import upstream_error
 from gateway.routing import normalise_path, upstream_of
-from gateway.send_timeout import GatewayServer, SendStallTimer
+from gateway.server import GatewayServer, SendStallTimer
 from gateway.upstream import UpstreamFailure, UpstreamResponse, encode_request_head
 
 log = logging.getLogger(__name__)

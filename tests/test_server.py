@@ -1,9 +1,11 @@
-"""A client that stops reading its answer is cut off after `limits.client_timeout`
-(gateway/send_timeout.py), on every serving path; one that reads slowly is not."""
+"""The gateway's server (gateway/server.py): a client that stops reading its answer is cut
+off after `limits.client_timeout` on every serving path, one that reads slowly is not; a
+request aiohttp's parser refuses gets the gateway's JSON error, never its own bytes back."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import parse_config
+from gateway.middleware import SERVER_NAME
 from tests.conftest import GatewayFactory, base_config_data, login, wait_until
 
 CLIENT_TIMEOUT = 0.5
@@ -126,3 +129,27 @@ async def test_client_reading_slowly_gets_the_whole_answer_past_the_timeout(
     assert received == chunks * len(CHUNK)
     assert asyncio.get_running_loop().time() - started > CLIENT_TIMEOUT
     assert big_answers.hung_up == 0
+
+
+@pytest.mark.parametrize("upstream_client", ["fast", "aiohttp"])
+@pytest.mark.parametrize("bad_line", [
+    b"Authorization: Bearer SECRET-TOKEN-VALUE\x01",  # a control byte in a value
+    b"Bad Name: SECRET-TOKEN-VALUE",                 # a space in a field name
+])
+async def test_request_the_parser_refuses_gets_a_json_400_that_quotes_nothing(
+        start_gateway: Start, upstream_client: str, bad_line: bytes) -> None:
+    client = await start_gateway(upstream_client)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"GET /x HTTP/1.1\r\nHost: gateway.test\r\n" + bad_line + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # closed after it
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", answer  # HTTP/1.0: the version is unknown
+    assert f"Server: {SERVER_NAME}".encode() in head.split(b"\r\n")
+    assert b"aiohttp" not in head
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "bad_request",
+                                "message": "The request is not valid HTTP/1.1."}
+    assert b"SECRET-TOKEN-VALUE" not in answer

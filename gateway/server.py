@@ -1,12 +1,17 @@
-"""Close a connection whose client stops taking its answer (nginx's `send_timeout`).
+"""The gateway's aiohttp server: aiohttp's low-level `web.Server` with two changes.
 
-A client that asks for an answer and never reads it would otherwise hold its connection,
-the upstream connection behind it and the answer's buffered bytes for ever: the gateway
-waits for the socket to drain, and no read timeout runs while it does. The transport tells
-its protocol when the send buffer passes the high-water mark (`pause_writing`) and when it
-has drained below the low-water mark (`resume_writing`); a buffer that stays full for
+**A client that stops taking its answer is disconnected** (nginx's `send_timeout`). A
+client that asks for an answer and never reads it would otherwise hold its connection, the
+upstream connection behind it and the answer's buffered bytes for ever: the gateway waits
+for the socket to drain, and no read timeout runs while it does. The transport tells its
+protocol when the send buffer passes the high-water mark (`pause_writing`) and when it has
+drained below the low-water mark (`resume_writing`); a buffer that stays full for
 `limits.client_timeout` aborts the connection. Nothing runs per request: one timer per
 stall, none while the client keeps up.
+
+**A request aiohttp's parser refuses gets the gateway's JSON error** instead of aiohttp's
+plain-text page, which quotes the offending line (a whole token can be in it) and names
+aiohttp's version in `Server`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from gateway.middleware import SERVER_NAME, error_response
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,9 @@ def _abort_stalled(transport: asyncio.Transport, timeout: float) -> None:
     transport.abort()
 
 
-class StallGuardedHandler(RequestHandler):
-    """aiohttp's per-connection handler, closed when its client stops reading."""
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's per-connection handler, closed when its client stops reading, answering
+    what its parser refuses in the gateway's error format."""
 
     __slots__ = ("_send_stall",)
 
@@ -72,6 +82,20 @@ class StallGuardedHandler(RequestHandler):
         self._send_stall.stop()
         super().connection_lost(exc)
 
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> StreamResponse:
+        # aiohttp's own logs the error (the bytes are filtered out by
+        # observability.MalformedRequestFilter) and refuses once an answer has started
+        super().handle_error(request, status, exc, message)
+        if status == 500:
+            code, text = "internal_error", "The gateway failed to handle the request."
+        else:
+            code, text = "bad_request", "The request is not valid HTTP/1.1."
+        response = error_response(status, code, text, {"Server": SERVER_NAME})
+        response.force_close()
+        return response
+
 
 class GatewayServer(web.Server):
     """aiohttp's low-level server whose connections are closed when their client keeps the
@@ -82,5 +106,5 @@ class GatewayServer(web.Server):
         self.send_timeout = send_timeout
 
     def __call__(self) -> RequestHandler:
-        return StallGuardedHandler(self, loop=self._loop, send_timeout=self.send_timeout,
+        return GatewayRequestHandler(self, loop=self._loop, send_timeout=self.send_timeout,
                                    **self._kwargs)
