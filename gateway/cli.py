@@ -1,4 +1,4 @@
-"""Command line: `gateway serve | check-config | hash-password` (DESIGN §2). Logs go to stderr."""
+"""gateway: an authenticating API gateway (see README.md). Logs go to stderr."""
 
 from __future__ import annotations
 
@@ -62,9 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("serve", "run the gateway in the foreground"),
-                       ("check-config", "validate the configuration and exit")):
-        command = sub.add_parser(name, help=text)
+    for name, text in (
+            ("serve", "run the gateway in the foreground; SIGTERM or Ctrl-C stops it after "
+                      "the requests in flight are answered"),
+            ("check-config", "validate the configuration, print every problem with its key "
+                             "and exit (0 valid, 2 invalid)")):
+        command = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("-c", "--config", type=Path, default=None,
                              help="YAML file (default: config.yaml, then config.example.yaml)")
         if name == "serve":
@@ -72,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
                                  help="processes sharing the port (default: listen.workers)")
             command.add_argument("--reuse-port", action="store_true",
                                  help=argparse.SUPPRESS)  # set by the worker supervisor
-    sub.add_parser("hash-password", help="read a password on stdin, print its argon2id hash")
+    hashing = "print the argon2id hash of a password for users.inline or users.file"
+    sub.add_parser("hash-password", help=hashing, description=(
+        "Print the argon2id hash of a password for users.inline or users.file. On a terminal "
+        "the password is asked twice (not echoed); otherwise it is read from stdin, one "
+        "trailing newline removed: printf '%s' \"$PW\" | gateway hash-password"))
     return parser
 
 

@@ -408,18 +408,19 @@ def parse_config(data: object, environ: Mapping[str, str], base: Path) -> Config
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, expand and validate the YAML file at `path`."""
+    """Read, expand and validate the YAML file at `path`; file-level problems name it."""
     environ = os.environ if environ is None else environ
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+        raise ConfigError([f"{path}: cannot read it: {exc.strerror}"]) from None
     except UnicodeDecodeError:
-        raise ConfigError([f"<file>: {path} is not UTF-8 text"]) from None
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
     try:
         data = load_yaml(text)
         return parse_config(data, environ, path.resolve().parent)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"<file>: not valid YAML: {exc}"]) from None
+        where = str(exc).replace('in "<unicode string>", ', "at ")
+        raise ConfigError([f"{path}: not valid YAML: {where}"]) from None
     except RecursionError:
-        raise ConfigError(["<file>: the YAML refers to itself (a recursive alias)"]) from None
+        raise ConfigError([f"{path}: the YAML refers to itself (a recursive alias)"]) from None

@@ -78,12 +78,12 @@ def test_check_config_lists_every_problem_with_its_key_path(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("setup", "expected"),
-    [(lambda p: None, "<file>: "),
+    [(lambda p: None, "gateway.yaml: cannot read it"),
      (lambda p: p.write_text("listen: {port: 1}\nlisten: {port: 2}\n"), "duplicate key"),
      (lambda p: p.write_text(config_yaml(p.parent, tokens="{algorithm: RS256, "
                                                           "private_key_file: k.pem}")),
       "tokens"),
-     (lambda p: p.write_text("? [a, b]\n: 1\n"), "<file>: ")],
+     (lambda p: p.write_text("? [a, b]\n: 1\n"), "gateway.yaml: not valid YAML")],
     ids=["missing-file", "duplicate-key", "unusable-key-file", "unhashable-yaml-key"],
 )
 def test_check_config_exits_2_on_unreadable_or_unusable_config(

@@ -448,10 +448,11 @@ INVALID_YAML = [
 
 @pytest.mark.parametrize("text", [t for t, _ in INVALID_YAML], ids=[i for _, i in INVALID_YAML])
 def test_invalid_yaml_is_a_config_error(tmp_path: Path, text: str) -> None:
-    """Any YAML the safe loader cannot build is a ConfigError `<file>: ...`, never a crash."""
+    """Any YAML the safe loader cannot build is a ConfigError naming the file, never a crash."""
+    path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, text), {})
-    assert has_problem(info.value.problems, "<file>: "), info.value.problems
+        load_config(path, {})
+    assert has_problem(info.value.problems, f"{path}: "), info.value.problems
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"],
@@ -522,4 +523,4 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path, raw: bytes) -> None
     path.write_bytes(raw)
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
-    assert info.value.problems[0].startswith("<file>: ")
+    assert info.value.problems[0].startswith(f"{path}: ")
