@@ -78,9 +78,17 @@ def hash_password(password: str) -> str:
 def verify_password(password: str, hashed: str) -> bool:
     """Constant-time check of `password` against an argon2 or bcrypt hash."""
     if hashed.startswith(_BCRYPT_PREFIXES):
+        secret = password.encode()
         try:
-            return bcrypt.checkpw(password.encode(), hashed.encode())
-        except ValueError:  # bcrypt refuses passwords over 72 bytes
+            if len(secret) > 72:
+                # bcrypt reads only 72 bytes (newer releases refuse more): never a match.
+                # Refusing at once would tell a timing observer the user exists (an unknown
+                # user costs a whole hash), so the hash's cost is spent anyway.
+                bcrypt.checkpw(b"", hashed.encode())
+                return False
+            return bcrypt.checkpw(secret, hashed.encode())
+        except ValueError:
+            log.error("password_hash_invalid")
             return False
     try:
         return _hasher.verify(hashed, password)

@@ -68,6 +68,19 @@ def test_password_over_72_bytes_never_matches_bcrypt(password: str) -> None:
     assert verify_password(password, BCRYPT_72_HASH) is False
 
 
+def test_password_over_72_bytes_costs_a_whole_bcrypt_check() -> None:
+    """Refusing a too-long password at once would tell a timing observer that the user
+    exists (an unknown user costs a whole hash): the refusal spends the hash's cost too."""
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=8)).decode()
+    started = time.perf_counter()
+    assert verify_password("wrong password", hashed) is False
+    wrong = time.perf_counter() - started
+    started = time.perf_counter()
+    assert verify_password("x" * 100, hashed) is False
+    too_long = time.perf_counter() - started
+    assert too_long > wrong / 3, (too_long, wrong)  # ~1x with the fix, ~1/10,000 without
+
+
 @pytest.mark.parametrize("hashed", ["$argon2id$garbage", "plaintext", "", "$2b$04$short"],
                          ids=["broken-argon2", "plaintext", "empty", "broken-bcrypt"])
 def test_unusable_hash_is_a_failed_check_not_a_crash(hashed: str) -> None:
