@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 ## run: the gateway on 127.0.0.1:8081 in front of the bundled echo upstream on 127.0.0.1:8080
 run: $(STAMP)
-	@$(BIN)/python -m gateway.demo --port $${DEMO_UPSTREAM_PORT:-8080} & \
-	echo_pid=$$!; trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
+	@port=$${DEMO_UPSTREAM_PORT:-8080}; ready=$$(mktemp -u); \
+	$(BIN)/python -m gateway.demo --port $$port --ready-file $$ready & \
+	echo_pid=$$!; trap 'kill $$echo_pid 2>/dev/null; rm -f $$ready' EXIT INT TERM; \
+	while [ ! -e $$ready ]; do \
+		kill -0 $$echo_pid 2>/dev/null || { echo "make run: the demo upstream could not listen on 127.0.0.1:$$port; free the port or set DEMO_UPSTREAM_PORT" >&2; exit 1; }; \
+		sleep 0.1; \
+	done; \
 	$(BIN)/gateway serve --config config.example.yaml
 
 ## test: lint, type-check and run every test (Redis tests need REDIS_URL or 127.0.0.1:6379)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
@@ -88,9 +89,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Echo upstream for the gateway demo.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--ready-file", type=Path, default=None,
+                        help="created once the port is bound (make run waits for it)")
     args = parser.parse_args()
+
+    def listening(_message: str) -> None:  # aiohttp calls it once the site is bound
+        if args.ready_file is not None:
+            args.ready_file.touch()
+
     with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(create_echo_app(), host=args.host, port=args.port, print=None)
+        web.run_app(create_echo_app(), host=args.host, port=args.port, print=listening)
 
 
 if __name__ == "__main__":
