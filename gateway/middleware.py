@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError
 from gateway.keys import request_id_key
-from gateway.observability import Metrics
+from gateway.observability import Metrics, request_started_key
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -70,7 +70,7 @@ def with_request_handling(handler: Handler, metrics: Metrics) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         request_id = safe_request_id(request.headers.get("X-Request-Id")) or new_request_id()
         request[request_id_key] = request_id
-        started = time.perf_counter()
+        started = request[request_started_key] = time.perf_counter()
         try:
             response = await handler(request)
         except GatewayError as exc:
