@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -28,11 +29,18 @@ LOGIN_BODY_TIMEOUT = 10.0  # 16 KiB need not trickle in for longer
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
+def login_limit_key(username: str) -> str:
+    """The failed-login limiter's key for `username`: a fixed-size digest, so that up to
+    100,000 usernames of up to 16 KiB each cannot hold gigabytes in the limiter."""
+    digest = hashlib.blake2b(username.encode(), digest_size=16).hexdigest()
+    return f"user:{digest}"
+
+
 async def login(request: web.BaseRequest, services: Services) -> web.Response:
     """Exchange a username and password for a token (200), or 401/400/413/415/429."""
     username, password = _parse_credentials(await _read_login_body(request))
     peer = request.remote or "unknown"
-    limit_keys = (f"user:{username}", f"addr:{peer}")
+    limit_keys = (login_limit_key(username), f"addr:{peer}")
     retry_after = services.login_limiter.retry_after(*limit_keys)
     if retry_after is not None:
         services.metrics.logins["rate_limited"] += 1

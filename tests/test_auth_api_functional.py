@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.auth_api import login_limit_key
 from gateway.revocation.sqlite import SqliteRevocationStore
-from tests.conftest import PASSWORD, ConfigFactory, GatewayFactory, bearer, login
+from tests.conftest import (
+    PASSWORD,
+    ConfigFactory,
+    GatewayFactory,
+    bearer,
+    login,
+    services_of,
+)
 from tests.fakes import FakeClock
 
 Client = TestClient[Any, Any]
@@ -107,6 +115,23 @@ async def test_failed_logins_per_username_are_limited_with_retry_after(
     clock.advance(61)
     assert (await client.post("/user/login", json={"username": "marco",
                                                    "password": PASSWORD})).status == 200
+
+
+async def test_failed_logins_with_long_usernames_are_limited_on_fixed_size_keys(
+        make_gateway: GatewayFactory, make_config: ConfigFactory) -> None:
+    """A 15 KiB username is limited like any other, and the limiter holds a fixed-size key
+    for it (100,000 such names must not hold gigabytes)."""
+    client = await make_gateway(make_config(login_limit={"max_failures": 2, "window": "60s"}))
+    long_name = "m" * 15_000
+    for _ in range(2):
+        response = await client.post("/user/login", json={"username": long_name,
+                                                          "password": "x"})
+        assert response.status == 401
+    assert len(login_limit_key(long_name)) < 64
+    limited = await client.post("/user/login", json={"username": long_name, "password": "x"})
+    assert limited.status == 429
+    assert login_limit_key(long_name) in services_of(client).login_limiter._failures
+    assert all(len(key) < 64 for key in services_of(client).login_limiter._failures)
 
 
 async def test_logout_revokes_the_token_everywhere(gateway: Client) -> None:
