@@ -36,11 +36,26 @@ def login_limit_key(username: str) -> str:
     return f"user:{digest}"
 
 
+def address_limit_key(remote: str | None) -> str:
+    """The failed-login limiter's key for a client address. An IPv6 client counts by its
+    /64: one host usually holds a whole /64, and keying each address would give it 2^64
+    fresh limits."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return f"addr:{remote or 'unknown'}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"addr:{address.ipv4_mapped}"
+        return f"addr:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"addr:{address}"
+
+
 async def login(request: web.BaseRequest, services: Services) -> web.Response:
     """Exchange a username and password for a token (200), or 401/400/413/415/429."""
     username, password = _parse_credentials(await _read_login_body(request))
     peer = request.remote or "unknown"
-    limit_keys = (login_limit_key(username), f"addr:{peer}")
+    limit_keys = (login_limit_key(username), address_limit_key(request.remote))
     retry_after = services.login_limiter.retry_after(*limit_keys)
     if retry_after is not None:
         services.metrics.logins["rate_limited"] += 1

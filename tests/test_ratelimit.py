@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.auth_api import address_limit_key
 from gateway.ratelimit import FailureLimiter
 from tests.fakes import FakeClock
 
@@ -137,3 +138,20 @@ def test_attempts_in_flight_count_until_they_end(limiter: FailureLimiter) -> Non
     assert limiter.retry_after("user:marco") is None
     limiter.record_failure("user:marco")
     assert limiter.retry_after("user:marco") == WINDOW
+
+
+@pytest.mark.parametrize(("first", "second", "same"), [
+    ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", True),   # one /64
+    ("2001:db8:1:2::1", "2001:db8:1:3::1", False),                  # the next /64
+    ("::ffff:203.0.113.7", "203.0.113.7", True),                     # IPv4-mapped
+    ("203.0.113.7", "203.0.113.8", False),                           # IPv4: per address
+], ids=["ipv6-same-64", "ipv6-other-64", "ipv4-mapped", "ipv4-neighbours"])
+def test_login_address_key_counts_an_ipv6_client_by_its_64(first: str, second: str,
+                                                            same: bool) -> None:
+    """An IPv6 host usually holds a whole /64: keyed per address it would get 2^64 limits."""
+    assert (address_limit_key(first) == address_limit_key(second)) is same
+
+
+def test_login_address_key_of_an_unparsable_remote_is_still_a_key() -> None:
+    assert address_limit_key(None) == "addr:unknown"
+    assert address_limit_key("unix-socket") == "addr:unix-socket"
