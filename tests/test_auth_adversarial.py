@@ -300,9 +300,9 @@ async def test_logout_all_of_one_user_leaves_another_users_tokens_alone(
     """logout_all of alice revokes only alice's tokens; marco's, older or newer, stay valid."""
     marco = await login(gateway)
     alice = await login(gateway, "alice")
-    clock.advance(0.000001)
+    clock.advance(0.001)  # well past the float precision of a 1.8e9 s clock (~0.24 us)
     assert (await gateway.post("/user/logout_all", headers=bearer(alice))).status == 204
-    clock.advance(0.000001)
+    clock.advance(0.001)  # well past the float precision of a 1.8e9 s clock (~0.24 us)
     fresh_alice = await login(gateway, "alice")
     assert (await gateway.get("/x", headers=bearer(marco))).status == 200
     assert (await gateway.get("/x", headers=bearer(fresh_alice))).status == 200
@@ -349,7 +349,7 @@ async def test_logout_all_survives_a_restart_with_sqlite(
     first = await make_gateway(config)
     old = await login(first)
     assert (await first.post("/user/logout_all", headers=bearer(old))).status == 204
-    clock.advance(0.000001)
+    clock.advance(0.001)  # well past the float precision of a 1.8e9 s clock (~0.24 us)
     new = await login(first)
     await first.close()
     second = await make_gateway(config)
