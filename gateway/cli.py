@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import getpass
 import logging
@@ -18,7 +19,8 @@ from aiohttp import web
 
 from gateway.config import Config, Secret, load_config
 from gateway.errors import ConfigError
-from gateway.observability import configure_logging
+from gateway.observability import Metrics, configure_logging
+from gateway.worker_metrics import WorkerMetrics, metrics_directory
 
 log = logging.getLogger("gateway")
 EXIT_CONFIG = 2
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("startup_failed reason=cannot listen on %s:%s: address already in use",
                       config.listen.host, config.listen.port)
             return EXIT_STARTUP
-        return run_workers(config_path, workers)
+        return run_workers(config_path, workers, config.data_dir)
     return serve(config, secret, reuse_port=args.reuse_port)
 
 
@@ -195,6 +197,7 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
     server = build_server(gateway)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=30.0)
     await runner.setup()
+    shared: WorkerMetrics | None = None
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
                            reuse_port=reuse_port or None, backlog=1024)
@@ -206,15 +209,29 @@ async def _serve(config: Config, secret: Secret | None, reuse_port: bool) -> Non
         log.info("listening host=%s port=%s pid=%s store=%s", config.listen.host,
                  _bound_port(runner) or config.listen.port, os.getpid(),
                  config.revocation.store)
+        shared = _share_metrics(config, gateway.services.metrics) if reuse_port else None
+        background = [asyncio.create_task(_stop_when_orphaned(stop))] if reuse_port else []
+        if shared is not None:
+            background.append(asyncio.create_task(shared.publish_forever()))
         _tune_gc()
-        watcher = asyncio.create_task(_stop_when_orphaned(stop)) if reuse_port else None
         await stop.wait()
-        if watcher is not None:
-            watcher.cancel()
+        for task in background:
+            task.cancel()
         log.info("shutting_down pid=%s", os.getpid())
     finally:
         await runner.cleanup()
         await gateway.close()
+    if shared is not None:
+        with contextlib.suppress(OSError):
+            shared.publish()  # the requests answered while draining count too
+
+
+def _share_metrics(config: Config, metrics: Metrics) -> WorkerMetrics | None:
+    """A worker of `--workers` answers /metrics with every worker's counters."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor is None:
+        return None
+    return WorkerMetrics(metrics_directory(config.data_dir, int(supervisor)), metrics)
 
 
 async def _stop_when_orphaned(stop: asyncio.Event) -> None:

@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -31,6 +31,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 AccessLogMode = Literal["all", "errors", "off"]
+Snapshot = dict[str, Any]  # Metrics.snapshot(): counters as JSON-ready data
 
 
 def configure_logging(level: str) -> None:
@@ -74,6 +75,9 @@ class Metrics:
         self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self._duration_sum = 0.0
         self.revocation_entries: Callable[[], int] = lambda: 0
+        # The other workers' counters under `--workers` (gateway.worker_metrics), summed
+        # into every scrape; none for a single process.
+        self.peer_snapshots: Callable[[], list[Snapshot]] = list
 
     def observe(self, status: int, seconds: float) -> None:
         """One answered request: its status and how long it took."""
@@ -112,9 +116,34 @@ class Metrics:
                                      "Time to answer a request.", buckets=cumulative,
                                      sum_value=self._duration_sum)
 
+    def snapshot(self) -> Snapshot:
+        """The counters as JSON-ready data (what a worker publishes to the others)."""
+        return {"requests": {str(k): v for k, v in self.requests.items()},
+                "logins": dict(self.logins), "revocations": dict(self.revocations),
+                "upstream_errors": dict(self.upstream_errors),
+                "buckets": list(self._buckets), "duration_sum": self._duration_sum}
+
+    def add(self, snapshot: Snapshot) -> None:
+        """Add another process's counters to these."""
+        self.requests.update({int(k): v for k, v in snapshot["requests"].items()})
+        self.logins.update(snapshot["logins"])
+        self.revocations.update(snapshot["revocations"])
+        self.upstream_errors.update(snapshot["upstream_errors"])
+        self._buckets = [a + b for a, b in zip(self._buckets, snapshot["buckets"],
+                                               strict=True)]
+        self._duration_sum += snapshot["duration_sum"]
+
     def render(self) -> bytes:
+        """Prometheus text of this process's counters plus its peers' (under --workers)."""
+        peers = self.peer_snapshots()
+        shown = self
+        if peers:
+            shown = Metrics()
+            shown.revocation_entries = self.revocation_entries  # a gauge of this process
+            for snapshot in (self.snapshot(), *peers):
+                shown.add(snapshot)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(self)
+        registry.register(shown)
         return generate_latest(registry)
 
 

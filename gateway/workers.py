@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from gateway.worker_metrics import metrics_directory, remove_directory
+
 log = logging.getLogger(__name__)
 RESTART_PAUSE = 1.0
 
@@ -47,8 +49,17 @@ def is_port_free(host: str, port: int) -> bool:
     return True
 
 
-def run_workers(config_path: Path, count: int) -> int:
+def run_workers(config_path: Path, count: int, data_dir: Path) -> int:
     """Run `count` workers until told to stop; returns the exit code."""
+    shared_metrics = metrics_directory(data_dir, os.getpid())
+    remove_directory(shared_metrics)
+    try:
+        return _supervise(config_path, count)
+    finally:
+        remove_directory(shared_metrics)
+
+
+def _supervise(config_path: Path, count: int) -> int:
     stopping = False
     told: set[int] = set()  # pids already sent SIGTERM
 

@@ -258,6 +258,37 @@ async def test_workers_share_revocations_through_sqlite(
     assert len(rejecting) == 2, "both workers answered, and both rejected the token"
 
 
+async def test_workers_answer_metrics_with_every_workers_counters(
+        write_config: Callable[..., Path], tmp_path: Path,
+        processes: list[GatewayProcess]) -> None:
+    """--workers 2: whichever worker answers the scrape, /metrics counts the requests of
+    both (a scrape reaching one worker used to show only that worker's share)."""
+    gateway = GatewayProcess(write_config(), tmp_path / "gateway.log", "--workers", "2")
+    processes.append(gateway)
+    gateway.start()
+    await gateway.wait_ready()
+    connector = aiohttp.TCPConnector(force_close=True)  # new connection: any worker
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(30):
+            async with session.get(gateway.url + "/api") as response:
+                assert response.status == 401  # no token
+        await asyncio.sleep(1.5)  # a worker publishes its counters once a second
+        scraped = []
+        for _ in range(8):
+            async with session.get(gateway.url + "/metrics") as response:
+                text = await response.text()
+            scraped.append(re.search(r'gateway_requests_total\{status="401"\} (\S+)', text))
+    counts = [float(match.group(1)) if match else 0.0 for match in scraped]
+    assert counts == [30.0] * 8, counts
+    gateway.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.wait) == 0
+    assert gateway.process is not None
+    assert not (tmp_path / "data" / "worker-metrics" / str(gateway.process.pid)).exists()
+    answering = {line.split("[")[1].split("]")[0] for line in gateway.logs().splitlines()
+                 if "path=/api " in line and "status=401" in line}
+    assert len(answering) == 2, "both workers answered some of the requests"
+
+
 async def test_workers_refuse_a_port_another_gateway_holds(
         write_config: Callable[..., Path], tmp_path: Path,
         processes: list[GatewayProcess]) -> None:
